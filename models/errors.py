@@ -1,0 +1,62 @@
+"""The project's exception hierarchy, shared by models, index_store and app.
+
+    TwoTowerError
+    ├── FeatureError          a feature value or name does not fit the schema (client input)
+    ├── DataError             a data file is missing or malformed (names file and row)
+    ├── ManifestError         a model or index manifest is missing a field or does not match
+    ├── ArtifactError         a file is missing, truncated or fails its checksum
+    ├── VersionExists         a model version tag is immutable once written
+    ├── UnknownVersion        no model version or alias by that name
+    ├── IndexNotReady         the version is known but has no loaded index yet
+    ├── BuildRefused          an index build failed a check and was not published
+    └── StoreUnavailable      the feature store (Redis) cannot be reached
+"""
+
+from __future__ import annotations
+
+
+class TwoTowerError(Exception):
+    """Base class: every error this project raises on purpose."""
+
+
+class FeatureError(TwoTowerError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class DataError(TwoTowerError):
+    pass
+
+
+class ManifestError(TwoTowerError):
+    pass
+
+
+class ArtifactError(TwoTowerError):
+    pass
+
+
+class VersionExists(TwoTowerError):
+    pass
+
+
+class UnknownVersion(TwoTowerError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown model version or alias: {name!r}")
+        self.name = name
+
+
+class IndexNotReady(TwoTowerError):
+    def __init__(self, version: str) -> None:
+        super().__init__(f"model version {version!r} has no ready index yet")
+        self.version = version
+
+
+class BuildRefused(TwoTowerError):
+    pass
+
+
+class StoreUnavailable(TwoTowerError):
+    pass

@@ -1,0 +1,46 @@
+"""Dependencies shared by the routes, declared once as Annotated aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from app.features import FeatureStore
+from app.service import Service
+from app.settings import Settings
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> FeatureStore:
+    store: FeatureStore = request.app.state.service.store
+    return store
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[FeatureStore, Depends(get_store)]
+
+
+def require_admin(request: Request, settings: SettingsDep) -> None:
+    """Bearer token, compared in constant time. No token configured: admin is disabled (403)."""
+    if settings.admin_token is None or not settings.admin_token.get_secret_value():
+        raise HTTPException(403, "admin is disabled: no admin token is configured")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = settings.admin_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+AdminDep = Depends(require_admin)

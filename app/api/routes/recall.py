@@ -1,0 +1,42 @@
+"""POST /recall: the user tower once, then a search of the same version's index."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from app.api.deps import ServiceDep, SettingsDep
+from app.schemas import RecallRequest, RecallResponse, ScoredItem
+
+router = APIRouter(tags=["retrieval"])
+ERRORS: dict[int | str, dict[str, str]] = {
+    404: {"description": "unknown model version or alias"},
+    413: {"description": "request body too large"},
+    422: {"description": "invalid field, feature or limit"},
+    503: {"description": "the version has no index yet, or the feature store is down"},
+}
+
+
+@router.post("/recall", response_model=RecallResponse, responses=ERRORS)
+async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep) -> RecallResponse:
+    """Top-k items for one user from the index built by the same model version."""
+    limits = settings.limits
+    k = body.k if body.k is not None else min(limits.default_k, limits.max_k)
+    if not 1 <= k <= limits.max_k:
+        raise HTTPException(422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}])
+    if len(body.exclude_item_ids) > limits.max_exclude:
+        raise HTTPException(
+            422,
+            [{"loc": ["body", "exclude_item_ids"], "msg": f"at most {limits.max_exclude} ids", "type": "limit"}],
+        )
+    if body.user_id is not None and len(body.user_id) > limits.max_id_length:
+        msg = f"at most {limits.max_id_length} characters"
+        raise HTTPException(422, [{"loc": ["body", "user_id"], "msg": msg, "type": "limit"}])
+    res = await service.recall(
+        body.model_version, body.user_id, body.features, k, body.exclude_item_ids, body.exclude_history
+    )
+    return RecallResponse(
+        model_version=res.version,
+        index_build=res.build,
+        cold_start=res.cold_start,
+        items=[ScoredItem(item_id=i, score=s) for i, s in res.items],
+    )

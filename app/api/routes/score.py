@@ -1,0 +1,31 @@
+"""POST /score: coarse ranking of one user against a batch of candidates."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from app.api.deps import ServiceDep, SettingsDep
+from app.api.routes.recall import ERRORS
+from app.schemas import ItemScore, ScoreRequest, ScoreResponse
+
+router = APIRouter(tags=["retrieval"])
+
+
+@router.post("/score", response_model=ScoreResponse, responses=ERRORS)
+async def score(body: ScoreRequest, service: ServiceDep, settings: SettingsDep) -> ScoreResponse:
+    """Scores in request order: stored vectors, the item tower for items sent with features, null for the rest."""
+    limits = settings.limits
+    if len(body.items) > limits.max_score_items:
+        msg = f"at most {limits.max_score_items} items"
+        raise HTTPException(422, [{"loc": ["body", "items"], "msg": msg, "type": "limit"}])
+    res = await service.score(
+        body.model_version, body.user_id, body.features, [(it.item_id, it.features) for it in body.items]
+    )
+    return ScoreResponse(
+        model_version=res.version,
+        index_build=res.build,
+        scores=[
+            ItemScore(item_id=it.item_id, score=s, missing=s is None)
+            for it, s in zip(body.items, res.scores, strict=True)
+        ],
+    )

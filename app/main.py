@@ -1,0 +1,94 @@
+"""The app factory and its lifespan: every heavy resource is made here and torn down here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from app import errors
+from app.api.routes import admin, health, recall, score
+from app.features import make_store
+from app.metrics import Metrics
+from app.middleware import BodyLimit, RequestMetrics
+from app.service import Service
+from app.settings import Settings
+from app.worker import Worker, submit
+from models.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+async def _every(seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await fn()
+        except Exception:  # a background loop must outlive any one failure
+            log.exception("background task %s failed", getattr(fn, "__name__", fn))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    store = make_store(settings, on_error=lambda op: metrics.store_errors.labels(op).inc())
+    service = Service(settings, store, metrics)
+    await anyio.to_thread.run_sync(service.load_versions)
+    await service.refresh_aliases()
+    await service.sync_builds()
+    app.state.service = service
+
+    async def poll() -> None:
+        await service.refresh_aliases()
+        await service.sync_builds()
+
+    tasks = [asyncio.create_task(_every(settings.poll_interval_s, poll))]
+    worker: Worker | None = None
+    if settings.worker:
+
+        async def on_built(version: str) -> None:
+            await service.sync_builds()
+
+        worker = Worker(settings, store, metrics, lambda: sorted(service.versions), on_built)
+        tasks.append(asyncio.create_task(worker.run()))
+        if settings.reindex_on_start:
+            for tag in sorted(service.versions):
+                if service.index_store.current_build(tag) is None:
+                    with contextlib.suppress(StoreUnavailable):
+                        job = await submit(store, tag)
+                        log.info("no index for %s yet: build queued (job %s)", tag, job["job_id"])
+    try:
+        yield
+    finally:
+        service.draining = True
+        if worker is not None:
+            worker.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="twotower",
+        version="1",
+        summary="Online retrieval for two-tower recommenders",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    errors.install(app)
+    for module in (recall, score, admin, health):
+        app.include_router(module.router)
+    # Outermost first: count every request, then refuse oversized bodies before parsing.
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,36 @@
+"""Prometheus metrics, on a registry of the app's own (no process-global collectors)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "twotower_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "twotower_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.builds = Counter("twotower_index_builds", "Index builds by outcome", ["version", "outcome"], registry=r)
+        self.swaps = Counter("twotower_index_swaps", "Snapshots swapped in", ["version"], registry=r)
+        self.refused = Counter(
+            "twotower_index_loads_refused", "Builds refused at load (checksum, dim, version...)", ["version"],
+            registry=r,
+        )
+        self.items = Gauge("twotower_index_items", "Items in the serving index", ["version"], registry=r)
+        self.build_progress = Gauge(
+            "twotower_build_items_encoded", "Items encoded by the running build", ["version"], registry=r
+        )
+        self.store_errors = Counter(
+            "twotower_feature_store_errors", "Feature store calls that failed", ["op"], registry=r
+        )
+        self.cold_start = Counter("twotower_cold_start", "Requests served as cold-start users", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

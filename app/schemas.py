@@ -1,0 +1,119 @@
+"""Request and response bodies of the HTTP contract (v1)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Ids are strings in the API; lengths are bounded again by the configured limits in the routes.
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Features = dict[str, Any]
+
+
+class _Strict(BaseModel):
+    # Unknown top-level fields are a client error, not silently ignored; NaN/inf are refused.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class RecallRequest(_Strict):
+    user_id: ItemId | None = None
+    features: Features | None = None
+    k: int | None = Field(None, description="1..max_k; default 100")
+    model_version: ItemId | None = Field(None, description="a version tag or an alias; omitted = default")
+    exclude_item_ids: list[ItemId] = []
+    exclude_history: bool = True
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecallResponse(BaseModel):
+    model_version: str
+    index_build: str
+    cold_start: bool
+    items: list[ScoredItem]
+
+
+class ScoreItem(_Strict):
+    item_id: ItemId
+    features: Features | None = None
+
+
+class ScoreRequest(_Strict):
+    user_id: ItemId | None = None
+    features: Features | None = None
+    model_version: ItemId | None = None
+    items: list[ScoreItem] = Field(..., min_length=1)
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    score: float | None
+    missing: bool = False
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    index_build: str
+    scores: list[ItemScore]
+
+
+class ReindexRequest(_Strict):
+    model_version: ItemId | None = None
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class JobRef(BaseModel):
+    job_id: str
+    status: JobStatus
+    model_version: str
+
+
+class ReindexAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    jobs: list[JobRef]
+
+
+class Job(BaseModel):
+    job_id: str
+    status: JobStatus
+    model_version: str
+    index_build: str | None
+    items: int
+    error: str | None
+
+
+class VersionInfo(BaseModel):
+    model_version: str
+    aliases: list[str]
+    index_build: str | None
+    items: int
+    state: Literal["ready", "no_index"]
+    dim: int
+    metrics: dict[str, Any]
+
+
+class Versions(BaseModel):
+    versions: list[VersionInfo]
+    aliases: dict[str, str]
+
+
+class AliasRequest(_Strict):
+    model_version: ItemId
+
+
+class AliasResponse(BaseModel):
+    alias: str
+    model_version: str
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None = None
+    index_build: str | None = None

@@ -1,0 +1,307 @@
+"""The serving state: model versions with their ONNX sessions, index snapshots, aliases, and the
+request paths (recall, score) that use them."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import numpy as np
+
+from app.features import FeatureStore
+from app.metrics import Metrics
+from app.settings import Settings
+from index_store.build import set_faiss_threads
+from index_store.encode import TowerRunner
+from index_store.registry import SnapshotRegistry
+from index_store.snapshot import Snapshot
+from index_store.store import IndexStore
+from models.errors import (
+    BuildRefused,
+    FeatureError,
+    IndexNotReady,
+    StoreUnavailable,
+    TwoTowerError,
+    UnknownVersion,
+)
+from models.manifest import ModelManifest, list_versions, load_version
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DEFAULT_ALIAS = "default"
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One model version's towers, loaded once at start (never per request)."""
+
+    tag: str
+    manifest: ModelManifest
+    user: TowerRunner
+    item: TowerRunner
+
+
+@dataclass(frozen=True)
+class UserContext:
+    row: dict[str, Any]
+    cold_start: bool
+
+    @property
+    def history(self) -> list[str]:
+        h = self.row.get("history") or []
+        return [x for x in h if isinstance(x, str)]
+
+
+@dataclass(frozen=True)
+class Recalled:
+    version: str
+    build: str
+    cold_start: bool
+    items: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Scored:
+    version: str
+    build: str
+    scores: list[float | None]
+
+
+class Service:
+    """Owns every heavy resource of the API process; built and torn down by the lifespan."""
+
+    def __init__(self, settings: Settings, store: FeatureStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.versions: dict[str, ServedVersion] = {}
+        self.registry = SnapshotRegistry()
+        self.index_store = IndexStore(Path(settings.index_store), keep=settings.index.keep_builds)
+        self.aliases: dict[str, str] = {}
+        self.draining = False
+        self._refused: dict[str, str] = {}  # version -> build id already refused (not retried each poll)
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    def load_versions(self) -> None:
+        """ONNX sessions for every version in the model store (or the configured list)."""
+        set_faiss_threads(self.settings.runtime.faiss_threads)
+        store = Path(self.settings.model_store)
+        tags = self.settings.model_versions or list_versions(store)
+        rt = self.settings.runtime
+        for tag in tags:
+            try:
+                manifest = load_version(store, tag)
+                runners = [
+                    TowerRunner(store / tag, manifest, side, rt.onnx_intra_threads, rt.onnx_spinning)
+                    for side in ("user", "item")
+                ]
+                for r in runners:
+                    r.load()
+            except (TwoTowerError, OSError) as exc:
+                log.error("model version %s refused: %s", tag, exc)
+                continue
+            except Exception as exc:  # onnxruntime raises its own types for a corrupt file
+                log.error("model version %s refused: cannot load ONNX: %s", tag, exc)
+                continue
+            self.versions[tag] = ServedVersion(tag, manifest, runners[0], runners[1])
+            log.info("model version %s loaded (dim %d)", tag, manifest.dim)
+        if not self.versions:
+            log.error("no usable model version in %s", store)
+
+    # --- versions and aliases -------------------------------------------------------------------
+
+    async def refresh_aliases(self) -> None:
+        try:
+            self.aliases = await self.store.aliases()
+        except StoreUnavailable as exc:
+            log.warning("aliases not refreshed, keeping the cached ones: %s", exc)
+        await self._ensure_default()
+
+    async def _ensure_default(self) -> None:
+        """On first boot `default` points at the newest version that has a ready index."""
+        if DEFAULT_ALIAS in self.aliases:
+            return
+        ready = sorted(v for v in self.versions if self.registry.get(v) is not None)
+        if not ready:
+            return
+        self.aliases[DEFAULT_ALIAS] = ready[-1]
+        try:
+            await self.store.set_alias(DEFAULT_ALIAS, ready[-1])
+            log.info("alias %s -> %s (first boot)", DEFAULT_ALIAS, ready[-1])
+        except StoreUnavailable as exc:
+            log.warning("alias %s not persisted: %s", DEFAULT_ALIAS, exc)
+
+    def resolve(self, name: str | None) -> ServedVersion:
+        name = name or DEFAULT_ALIAS
+        served = self.versions.get(name)
+        if served is None and name in self.aliases:
+            served = self.versions.get(self.aliases[name])
+        if served is None:
+            raise UnknownVersion(name)
+        return served
+
+    def snapshot(self, served: ServedVersion) -> Snapshot:
+        snap = self.registry.get(served.tag)
+        if snap is None:
+            raise IndexNotReady(served.tag)
+        return snap
+
+    async def move_alias(self, alias: str, version: str) -> None:
+        served = self.resolve(version)
+        if self.registry.get(served.tag) is None:
+            raise IndexNotReady(served.tag)
+        await self.store.set_alias(alias, served.tag)
+        self.aliases[alias] = served.tag
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        try:
+            served = self.resolve(DEFAULT_ALIAS)
+        except UnknownVersion:
+            return False, "no default model version yet (no version has a ready index)"
+        if self.registry.get(served.tag) is None:
+            return False, f"model version {served.tag} has no index loaded"
+        return True, served.tag
+
+    # --- builds ---------------------------------------------------------------------------------
+
+    async def sync_builds(self) -> None:
+        """Load any build that became current in the shared index store since we last looked."""
+        for tag in list(self.versions):
+            current = self.index_store.current_build(tag)
+            snap = self.registry.get(tag)
+            if current is None or (snap is not None and snap.build_id == current):
+                continue
+            if self._refused.get(tag) == current:
+                continue
+            await anyio.to_thread.run_sync(self.activate, tag, current)
+        await self._ensure_default()
+
+    def activate(self, tag: str, build_id: str) -> bool:
+        """Verify, warm and swap in one build; on any failure the previous snapshot keeps serving."""
+        served = self.versions[tag]
+        try:
+            snap = self.index_store.load(tag, served.manifest, build_id)
+            self.warm_up(served, snap)
+        except (TwoTowerError, OSError, ValueError, RuntimeError) as exc:
+            self._refused[tag] = build_id
+            self.metrics.refused.labels(tag).inc()
+            log.error("index build %s/%s refused, previous build keeps serving: %s", tag, build_id, exc)
+            return False
+        old = self.registry.swap(tag, snap)
+        self.metrics.swaps.labels(tag).inc()
+        self.metrics.items.labels(tag).set(snap.size)
+        log.info(
+            "index %s/%s active (%d items)%s",
+            tag,
+            build_id,
+            snap.size,
+            f", replacing {old.build_id}" if old is not None else "",
+        )
+        return True
+
+    def warm_up(self, served: ServedVersion, snap: Snapshot) -> None:
+        """A few real tower runs and searches before the build takes traffic; NaN refuses it."""
+        sample = [str(x) for x in snap.ids[: min(5, snap.size)]]
+        users = [{"user_id": None}, {"user_id": None, "history": sample}]
+        q = served.user.embed(users)
+        results = snap.search(q, min(10, max(1, snap.size)))
+        vecs, found = snap.vectors_for(sample)
+        if not np.all(np.isfinite(q)) or not np.all(np.isfinite(vecs[found])):
+            raise BuildRefused("warm-up produced non-finite embeddings")
+        for res in results:
+            if not res or not all(math.isfinite(s) for _, s in res):
+                raise BuildRefused("warm-up search returned no or non-finite scores")
+
+    # --- the request paths ----------------------------------------------------------------------
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Tower + search: in a worker thread (both release the GIL) or inline, per settings."""
+        if self.settings.runtime.compute_in_thread:
+            return await anyio.to_thread.run_sync(fn, *args)
+        return fn(*args)
+
+    async def user_context(
+        self, served: ServedVersion, user_id: str | None, features: Mapping[str, Any] | None
+    ) -> UserContext:
+        sent = served.user.encoder.validate(features or {}, "features")
+        stored: dict[str, Any] | None = None
+        if user_id is not None:
+            try:
+                stored = await self.store.get_user(user_id)
+            except StoreUnavailable:
+                if not sent:
+                    raise
+                # The request carries its own features: serve it on them alone.
+                log.warning("feature store down: user %s served on request features only", "<id>")
+        row = {**(stored or {}), **sent, "user_id": user_id}
+        cold = stored is None and not sent
+        if cold:
+            self.metrics.cold_start.inc()
+        return UserContext(row, cold)
+
+    async def recall(
+        self,
+        version: str | None,
+        user_id: str | None,
+        features: Mapping[str, Any] | None,
+        k: int,
+        exclude: Sequence[str],
+        exclude_history: bool,
+    ) -> Recalled:
+        served = self.resolve(version)
+        snap = self.snapshot(served)  # one reference for the whole request
+        user = await self.user_context(served, user_id, features)
+        banned = set(exclude)
+        if exclude_history:
+            banned.update(user.history)
+
+        def compute() -> list[tuple[str, float]]:
+            q = served.user.embed([user.row])
+            return snap.search(q, k, [banned])[0]
+
+        items = await self.run(compute)
+        return Recalled(served.tag, snap.build_id, user.cold_start, items)
+
+    async def score(
+        self,
+        version: str | None,
+        user_id: str | None,
+        features: Mapping[str, Any] | None,
+        items: Sequence[tuple[str, Mapping[str, Any] | None]],
+    ) -> Scored:
+        served = self.resolve(version)
+        snap = self.snapshot(served)
+        with_features: list[int] = []
+        rows: list[dict[str, Any]] = []
+        for i, (item_id, feats) in enumerate(items):
+            if feats is not None:
+                valid = served.item.encoder.validate(feats, f"items.{i}.features")
+                with_features.append(i)
+                rows.append({**valid, "item_id": item_id})
+        user = await self.user_context(served, user_id, features)
+
+        def compute() -> list[float | None]:
+            u = served.user.embed([user.row])[0]  # the user tower runs once per request
+            vecs, found = snap.vectors_for([item_id for item_id, _ in items])
+            if rows:  # one item-tower batch for everything sent with features
+                vecs[with_features] = served.item.embed(rows)
+                found[with_features] = True
+            # One matrix-vector product = the user vector tiled across the batch, dotted row-wise.
+            s = vecs @ u
+            return [float(s[i]) if found[i] else None for i in range(len(items))]
+
+        scores = await self.run(compute)
+        return Scored(served.tag, snap.build_id, scores)
+
+
+def feature_error_detail(exc: FeatureError) -> list[dict[str, Any]]:
+    """FeatureError in the same shape as FastAPI's own validation errors."""
+    return [{"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "feature_error"}]

@@ -1,0 +1,81 @@
+"""Every setting of the service, in one place (environment prefix `TWOTOWER_`, sections with `__`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+import models
+
+# The committed demo version ships inside the `models` package, so `twotower serve` works anywhere.
+DEMO_MODEL_STORE = Path(models.__file__).resolve().parent / "demo"
+
+
+class Limits(BaseModel):
+    """What a client may ask for; beyond these, a 4xx naming the field."""
+
+    max_k: int = Field(1000, ge=1)
+    default_k: int = Field(100, ge=1)
+    max_score_items: int = Field(1000, ge=1)
+    max_exclude: int = Field(10_000, ge=0)
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    max_id_length: int = Field(256, ge=1)
+
+
+class IndexSettings(BaseModel):
+    """How the worker builds indexes (see index_store.build.IndexConfig)."""
+
+    exact_threshold: int = Field(200_000, ge=0)
+    ann_factory: str | None = None  # None: chosen from the catalog size
+    recall_floor: float = Field(0.95, gt=0, le=1)
+    recall_k: int = Field(100, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    build_threads: int = Field(2, ge=1)
+    keep_builds: int = Field(3, ge=1)
+
+
+class Runtime(BaseModel):
+    """Thread settings for the serving pattern: one small query per request on a 2-core box."""
+
+    onnx_intra_threads: int = Field(1, ge=1)
+    onnx_spinning: bool = False  # ORT's default spin-wait burns a core after every call
+    faiss_threads: int = Field(1, ge=1)
+    compute_in_thread: bool = True  # tower + search off the event loop (both release the GIL)
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field has a safe default; see the README's table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TWOTOWER_", env_nested_delimiter="__", env_file=None, extra="ignore"
+    )
+
+    model_store: Path = DEMO_MODEL_STORE
+    index_store: Path = Path("var/index")
+    data_dir: Path | None = Path("data/ml-100k")  # the in-process feature store's source
+    model_versions: list[str] = []  # empty: every version in the model store
+    redis_url: str | None = None  # unset: the in-process feature store (one node)
+    redis_timeout_s: float = Field(0.5, gt=0)
+    redis_prefix: str = "tt:"
+    admin_token: SecretStr | None = None  # unset: admin routes answer 403
+    worker: bool = True  # run the reindex worker inside the API process
+    reindex_interval_s: float = Field(0, ge=0)  # 0: only on POST /admin/reindex
+    reindex_on_start: bool = True  # build an index for a version that has none
+    poll_interval_s: float = Field(1.0, gt=0)  # how often a replica looks for new builds
+    lock_ttl_s: float = Field(30.0, gt=1)
+    shutdown_drain_s: float = Field(2.0, ge=0)  # readiness is 503 this long before the listener closes
+    limits: Limits = Limits()
+    index: IndexSettings = IndexSettings()
+    runtime: Runtime = Runtime()
+    log_level: str = "INFO"
+
+
+def load_settings() -> Settings:
+    """Settings from the environment. A worker hands its own settings to a build child as JSON in
+    TWOTOWER_CONFIG_JSON, so tests and embedders that build Settings in code reach the child too."""
+    raw = os.environ.get("TWOTOWER_CONFIG_JSON")
+    return Settings(**json.loads(raw)) if raw else Settings()

@@ -51,7 +51,9 @@ class _SyncLock:
     def __init__(self, settings: Settings, version: str) -> None:
         import redis
 
-        self.client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=settings.redis_timeout_s * 4)
+        self.client = redis.Redis.from_url(
+            settings.redis_url or "", socket_timeout=settings.redis_timeout_s * 4
+        )
         self.key = f"{settings.redis_prefix}lock:{version}"
         self.token = uuid.uuid4().hex
         self.ttl_ms = int(settings.lock_ttl_s * 1000)
@@ -99,14 +101,17 @@ def index_config(settings: Settings) -> Any:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from index_store.build import set_faiss_threads
     from index_store.store import IndexStore
+
+    from index_store.threads import set_faiss_threads
     from models.manifest import list_versions
 
     settings = load_settings()
     set_faiss_threads(settings.index.build_threads)
-    versions = [args.model_version] if args.model_version else (
-        settings.model_versions or list_versions(Path(settings.model_store))
+    versions = (
+        [args.model_version]
+        if args.model_version
+        else (settings.model_versions or list_versions(Path(settings.model_store)))
     )
     if not versions:
         print(f"no model version in {settings.model_store}", file=sys.stderr)
@@ -130,14 +135,18 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
                 def fence(rs: RedisStore = rs, token: str = token, version: str = version) -> None:
                     if rs.lock_holder(version) != token:
-                        raise BuildRefused(f"lock on {version} lost before publish: stale build not published")
+                        raise BuildRefused(
+                            f"lock on {version} lost before publish: stale build not published"
+                        )
 
             elif settings.redis_url:
                 lock = stack.enter_context(_SyncLock(settings, version))
 
                 def fence(lock: _SyncLock = lock, version: str = version) -> None:
                     if lock.holder() != lock.token:
-                        raise BuildRefused(f"lock on {version} lost before publish: stale build not published")
+                        raise BuildRefused(
+                            f"lock on {version} lost before publish: stale build not published"
+                        )
 
             build_id = store.build(
                 Path(settings.model_store),
@@ -163,7 +172,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     if not settings.redis_url:
-        print("TWOTOWER_REDIS_URL is not set: the in-process store reads the data files directly", file=sys.stderr)
+        print(
+            "TWOTOWER_REDIS_URL is not set: the in-process store reads the data files directly",
+            file=sys.stderr,
+        )
         return 2
     users, items = load_into_redis(settings.redis_url, Path(args.data), settings.redis_prefix)
     print(f"loaded {users} users and {items} items into {settings.redis_url.split('@')[-1]}")
@@ -215,7 +227,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.admin_token = SecretStr(secrets.token_urlsafe(24))
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False, lifespan="on"
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
     )
 
     class DrainingServer(uvicorn.Server):
@@ -251,7 +268,7 @@ def _announce(server: Any, settings: Settings, host: str, port: int) -> None:
         f"\ntwotower is serving on {base}\n"
         f"  admin token: {token}\n"
         f"  try: curl -s -X POST {base}/recall -H 'content-type: application/json' "
-        "-d '{\"user_id\":\"196\",\"k\":10}'\n"
+        '-d \'{"user_id":"196","k":10}\'\n'
         f"       curl -s -X POST {base}/admin/reindex -H 'authorization: Bearer {token}'\n",
         flush=True,
     )

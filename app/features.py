@@ -30,7 +30,10 @@ T = TypeVar("T")
 JOB_TTL_S = 7 * 24 * 3600
 
 # Renew or release a lock only if we still hold it (compare the token atomically).
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -231,7 +234,9 @@ class RedisStore(FeatureStore):
 
     kind = "redis"
 
-    def __init__(self, url: str, timeout_s: float, prefix: str = "tt:", on_error: Callable[[str], None] | None = None):
+    def __init__(
+        self, url: str, timeout_s: float, prefix: str = "tt:", on_error: Callable[[str], None] | None = None
+    ):
         self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s

@@ -12,15 +12,22 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "twotower_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=r
+            "twotower_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "twotower_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.builds = Counter("twotower_index_builds", "Index builds by outcome", ["version", "outcome"], registry=r)
+        self.builds = Counter(
+            "twotower_index_builds", "Index builds by outcome", ["version", "outcome"], registry=r
+        )
         self.swaps = Counter("twotower_index_swaps", "Snapshots swapped in", ["version"], registry=r)
         self.refused = Counter(
-            "twotower_index_loads_refused", "Builds refused at load (checksum, dim, version...)", ["version"],
+            "twotower_index_loads_refused",
+            "Builds refused at load (checksum, dim, version...)",
+            ["version"],
             registry=r,
         )
         self.items = Gauge("twotower_index_items", "Items in the serving index", ["version"], registry=r)

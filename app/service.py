@@ -12,15 +12,15 @@ from typing import Any, TypeVar
 
 import anyio
 import numpy as np
+from index_store.registry import SnapshotRegistry
+from index_store.snapshot import Snapshot
+from index_store.store import IndexStore
 
 from app.features import FeatureStore
 from app.metrics import Metrics
 from app.settings import Settings
-from index_store.build import set_faiss_threads
 from index_store.encode import TowerRunner
-from index_store.registry import SnapshotRegistry
-from index_store.snapshot import Snapshot
-from index_store.store import IndexStore
+from index_store.threads import set_faiss_threads
 from models.errors import (
     BuildRefused,
     FeatureError,

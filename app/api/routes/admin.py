@@ -72,7 +72,10 @@ async def versions(service: ServiceDep) -> Versions:
 @router.put(
     "/aliases/{alias}",
     response_model=AliasResponse,
-    responses={404: {"description": "unknown version"}, 409: {"description": "the version has no ready index"}},
+    responses={
+        404: {"description": "unknown version"},
+        409: {"description": "the version has no ready index"},
+    },
 )
 async def move_alias(alias: str, body: AliasRequest, service: ServiceDep) -> AliasResponse:
     """Point an alias at a version that has a ready index (409 otherwise)."""

@@ -22,11 +22,19 @@ async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep
     limits = settings.limits
     k = body.k if body.k is not None else min(limits.default_k, limits.max_k)
     if not 1 <= k <= limits.max_k:
-        raise HTTPException(422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}])
+        raise HTTPException(
+            422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}]
+        )
     if len(body.exclude_item_ids) > limits.max_exclude:
         raise HTTPException(
             422,
-            [{"loc": ["body", "exclude_item_ids"], "msg": f"at most {limits.max_exclude} ids", "type": "limit"}],
+            [
+                {
+                    "loc": ["body", "exclude_item_ids"],
+                    "msg": f"at most {limits.max_exclude} ids",
+                    "type": "limit",
+                }
+            ],
         )
     if body.user_id is not None and len(body.user_id) > limits.max_id_length:
         msg = f"at most {limits.max_id_length} characters"

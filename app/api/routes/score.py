@@ -13,7 +13,7 @@ router = APIRouter(tags=["retrieval"])
 
 @router.post("/score", response_model=ScoreResponse, responses=ERRORS)
 async def score(body: ScoreRequest, service: ServiceDep, settings: SettingsDep) -> ScoreResponse:
-    """Scores in request order: stored vectors, the item tower for items sent with features, null for the rest."""
+    """Scores in request order: stored vectors, item tower for items with features, null otherwise."""
     limits = settings.limits
     if len(body.items) > limits.max_score_items:
         msg = f"at most {limits.max_score_items} items"

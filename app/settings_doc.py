@@ -1,0 +1,94 @@
+"""Render the README's configuration table from the Settings class (`python -m app.settings_doc`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from app.settings import Settings
+
+DESCRIPTIONS = {
+    "MODEL_STORE": "model store: `<dir>/<version>/{user_tower,item_tower}.onnx` + `manifest.json`",
+    "INDEX_STORE": "index store: `<dir>/<version>/<build_id>/` and a `CURRENT` pointer per version",
+    "DATA_DIR": "data files for the in-process feature store and for builds without Redis",
+    "MODEL_VERSIONS": "JSON list of versions to serve; empty = every version in the model store",
+    "REDIS_URL": "Redis for features, catalog, aliases, jobs and locks; unset = in-process store (one node)",
+    "REDIS_TIMEOUT_S": "timeout of every Redis call",
+    "REDIS_PREFIX": "key prefix in Redis",
+    "ADMIN_TOKEN": "bearer token of the admin routes; unset = admin disabled (403)",
+    "WORKER": "run the reindex worker inside the API process",
+    "REINDEX_INTERVAL_S": "periodic reindex of every served version; 0 = only on request",
+    "REINDEX_ON_START": "queue a build for a version that has no index at start",
+    "POLL_INTERVAL_S": "how often a replica looks for new builds and aliases",
+    "LOCK_TTL_S": "expiry of a version's build lock (renewed every third of it)",
+    "SHUTDOWN_DRAIN_S": "on SIGTERM, readiness answers 503 this long before the listener closes",
+    "LOG_LEVEL": "log level",
+    "LIMITS__MAX_K": "largest `k`",
+    "LIMITS__DEFAULT_K": "`k` when omitted",
+    "LIMITS__MAX_SCORE_ITEMS": "largest `/score` batch",
+    "LIMITS__MAX_EXCLUDE": "longest `exclude_item_ids`",
+    "LIMITS__MAX_BODY_BYTES": "largest request body (413 beyond, before parsing)",
+    "LIMITS__MAX_ID_LENGTH": "longest `user_id`",
+    "INDEX__EXACT_THRESHOLD": "catalogs up to this size get an exact inner-product index, larger ones ANN",
+    "INDEX__ANN_FACTORY": "Faiss factory string of the ANN kind; unset = IVF sized from the catalog",
+    "INDEX__RECALL_FLOOR": "an ANN build must reach this recall@k against exact search, or is refused",
+    "INDEX__RECALL_K": "the k of that recall",
+    "INDEX__BATCH_SIZE": "items per item-tower batch during a build",
+    "INDEX__BUILD_THREADS": "ONNX Runtime and Faiss threads of a build",
+    "INDEX__KEEP_BUILDS": "builds kept per version (the current one is never pruned)",
+    "RUNTIME__ONNX_INTRA_THREADS": "ONNX Runtime threads per request (user tower, item tower in /score)",
+    "RUNTIME__ONNX_SPINNING": "let ONNX Runtime spin-wait between calls (burns a core; off)",
+    "RUNTIME__FAISS_THREADS": "Faiss threads per search (one query per request: 1 is fastest here)",
+    "RUNTIME__COMPUTE_IN_THREAD": "run tower + search in a worker thread rather than on the event loop",
+}
+
+
+def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += rows(ann, f"{prefix}{name.upper()}__")
+            continue
+        default = field.default
+        if name == "model_store":
+            shown = "the packaged demo"
+        elif default is None:
+            shown = "unset"
+        elif isinstance(default, Path | str):
+            shown = str(default)
+        else:
+            shown = json.dumps(default)
+        out.append((f"{prefix}{name.upper()}", shown))
+    return out
+
+
+def table() -> str:
+    lines = ["| variable | default | what |", "| --- | --- | --- |"]
+    for key, default in rows(Settings):
+        lines.append(f"| `TWOTOWER_{key}` | `{default}` | {DESCRIPTIONS.get(key, '')} |")
+    return "\n".join(lines)
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the table between the README's settings markers; True if it changed."""
+    text = path.read_text()
+    new = re.sub(
+        r"(<!-- settings:start -->\n).*?(\n<!-- settings:end -->)",
+        lambda m: m.group(1) + table() + m.group(2),
+        text,
+        flags=re.S,
+    )
+    path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        update_readme(Path("README.md"))
+    else:
+        print(table())

@@ -89,9 +89,10 @@ def index_config(settings: Settings) -> Any:
     from index_store.build import IndexConfig
 
     s = settings.index
+    extra = {"ann_factory": s.ann_factory} if s.ann_factory else {}
     return IndexConfig(
+        **extra,
         exact_threshold=s.exact_threshold,
-        ann_factory=s.ann_factory,
         recall_floor=s.recall_floor,
         recall_k=s.recall_k,
         batch_size=s.batch_size,

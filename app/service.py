@@ -175,7 +175,11 @@ class Service:
     async def sync_builds(self) -> None:
         """Load any build that became current in the shared index store since we last looked."""
         for tag in list(self.versions):
-            current = self.index_store.current_build(tag)
+            try:
+                current = self.index_store.current_build(tag)
+            except (TwoTowerError, OSError) as exc:
+                log.error("index pointer of %s unreadable, current build keeps serving: %s", tag, exc)
+                continue
             snap = self.registry.get(tag)
             if current is None or (snap is not None and snap.build_id == current):
                 continue

@@ -1,15 +1,15 @@
 """The project's exception hierarchy, shared by models, index_store and app.
 
-    TwoTowerError
-    ├── FeatureError          a feature value or name does not fit the schema (client input)
-    ├── DataError             a data file is missing or malformed (names file and row)
-    ├── ManifestError         a model or index manifest is missing a field or does not match
-    ├── ArtifactError         a file is missing, truncated or fails its checksum
-    ├── VersionExists         a model version tag is immutable once written
-    ├── UnknownVersion        no model version or alias by that name
-    ├── IndexNotReady         the version is known but has no loaded index yet
-    ├── BuildRefused          an index build failed a check and was not published
-    └── StoreUnavailable      the feature store (Redis) cannot be reached
+TwoTowerError
+├── FeatureError          a feature value or name does not fit the schema (client input)
+├── DataError             a data file is missing or malformed (names file and row)
+├── ManifestError         a model or index manifest is missing a field or does not match
+├── ArtifactError         a file is missing, truncated or fails its checksum
+├── VersionExists         a model version tag is immutable once written
+├── UnknownVersion        no model version or alias by that name
+├── IndexNotReady         the version is known but has no loaded index yet
+├── BuildRefused          an index build failed a check and was not published
+└── StoreUnavailable      the feature store (Redis) cannot be reached
 """
 
 from __future__ import annotations

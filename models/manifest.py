@@ -154,7 +154,9 @@ def list_versions(store: Path) -> list[str]:
     if not store.is_dir():
         return []
     return sorted(
-        p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
+        p.name
+        for p in store.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
     )
 
 

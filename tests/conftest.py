@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from models.manifest import ModelManifest, list_versions, load_version
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_STORE = ROOT / "models" / "demo"
 
@@ -39,8 +41,21 @@ class RedisServer:
         if exe is None:
             pytest.fail("redis-server is not installed: `make test` installs it (Debian package)")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "no"],
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -83,3 +98,21 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
         redis_server.start()
     redis_server.flush()
     yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dst = tmp_path_factory.mktemp("models")
+    for tag in list_versions(DEMO_STORE):
+        shutil.copytree(DEMO_STORE / tag, dst / tag)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def version(model_store: Path) -> str:
+    return list_versions(model_store)[-1]
+
+
+@pytest.fixture(scope="session")
+def manifest(model_store: Path, version: str) -> ModelManifest:
+    return load_version(model_store, version)

@@ -3,76 +3,25 @@ the demo vocabularies, and one real index build shared by the session."""
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from index_store.store import IndexStore
 from pydantic import SecretStr
 
 from app.cli import index_config
 from app.main import create_app
 from app.settings import Settings
-from bench.catalog import synthetic_items
-from models.manifest import ModelManifest, list_versions, load_version
-from tests.conftest import DEMO_STORE
+from index_store.store import IndexStore
+from models.manifest import ModelManifest
+from tests.data import write_dataset
 
 TOKEN = "test-admin-token-0123456789"
 N_ITEMS = 400
 N_USERS = 40
-
-
-@pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dst = tmp_path_factory.mktemp("models")
-    for tag in list_versions(DEMO_STORE):
-        shutil.copytree(DEMO_STORE / tag, dst / tag)
-    return dst
-
-
-@pytest.fixture(scope="session")
-def version(model_store: Path) -> str:
-    return list_versions(model_store)[-1]
-
-
-@pytest.fixture(scope="session")
-def manifest(model_store: Path, version: str) -> ModelManifest:
-    return load_version(model_store, version)
-
-
-def write_dataset(out: Path, manifest: ModelManifest, n_users: int, n_items: int, seed: int = 0) -> None:
-    """users.jsonl, items.jsonl, interactions.csv, drawn from the model's vocabularies."""
-    rng = random.Random(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    vocabs = manifest.features.vocabularies
-    items = list(synthetic_items(manifest, n_items, seed=seed))
-    with open(out / "items.jsonl", "w") as f:
-        for row in items:
-            f.write(json.dumps(row) + "\n")
-    user_ids = list(vocabs["user_id"])[:n_users]
-    with open(out / "users.jsonl", "w") as f:
-        for uid in user_ids:
-            row = {
-                "user_id": uid,
-                "age": rng.randint(15, 70),
-                "gender": rng.choice(vocabs["gender"]),
-                "occupation": rng.choice(vocabs["occupation"]),
-                "zip": f"{rng.randint(10000, 99999)}",
-            }
-            f.write(json.dumps(row) + "\n")
-    with open(out / "interactions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user_id", "item_id", "rating", "timestamp"])
-        t = 880_000_000
-        for uid in user_ids:
-            for it in rng.sample(items, 8):
-                t += rng.randint(1, 1000)
-                w.writerow([uid, it["item_id"], rng.randint(1, 5), t])
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from models.manifest import ModelManifest
-from tests.app.conftest import TOKEN, write_dataset
+from tests.app.conftest import TOKEN
 from tests.conftest import free_port
+from tests.data import write_dataset
 
 pytestmark = pytest.mark.slow
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
@@ -31,11 +32,9 @@ def twotower(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
+        self.out = open(log, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            env=env,
-            stdout=open(log, "wb"),
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "app.cli", *args], env=env, stdout=self.out, stderr=subprocess.STDOUT
         )
 
     def stop(self) -> None:
@@ -45,6 +44,8 @@ class Proc:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
+        self.out.close()
 
 
 def wait_ready(url: str, proc: Proc, timeout: float = 60) -> None:

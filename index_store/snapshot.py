@@ -1,0 +1,119 @@
+"""An immutable, loaded index build: the Faiss index, the id map, the stored vectors and the manifest.
+
+Nothing here is mutated after construction (arrays are read-only, mappings are proxies, search
+parameters go per call), so any number of threads may search one snapshot while a swap installs
+the next. Faiss CPU indexes are safe for concurrent searches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index_store.build import HNSW, IVF, search_parameters
+from index_store.threads import set_faiss_threads
+
+log = logging.getLogger(__name__)
+
+_WIDEN = 4  # a retry multiplies nprobe / efSearch by this before falling back to brute force
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """One build of one model version, ready to search. Build with `IndexStore.load`."""
+
+    model_version: str
+    build_id: str
+    index: faiss.Index
+    ids: np.ndarray  # str, row i of the index is ids[i]
+    row_of: Mapping[str, int]
+    vectors: np.ndarray  # float32 [N, dim], row i = ids[i]
+    manifest: Mapping[str, Any]
+    search_params: Mapping[str, int]  # {"nprobe": 12} / {"efSearch": 96} / {} for exact
+    kind: str = "exact"
+    threads: int = 1  # Faiss threads per search call; 1 suits one query per request
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k (item id, score) per query, score descending; exactly min(k, eligible) results.
+
+        `exclude[i]` holds item ids query i must not return; the search over-fetches by the number
+        of them present in the index, widens the search parameter and at last brute-forces the stored
+        vectors when an ANN kind still comes back short.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q.reshape(1, -1)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be [B, {self.dim}], got shape {np.shape(queries)}")
+        nq = q.shape[0]
+        if exclude is not None and len(exclude) != nq:
+            raise ValueError(f"exclude has {len(exclude)} entries for {nq} queries")
+        if k < 1 or nq == 0:
+            return [[] for _ in range(nq)]
+        banned = [self._rows(exclude[i]) if exclude is not None else frozenset() for i in range(nq)]
+        want = [min(k, self.size - len(b)) for b in banned]
+        fetch = min(self.size, k + max(len(b) for b in banned))
+        # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.
+        set_faiss_threads(self.threads)
+        scores, rows = self.index.search(q, fetch, params=search_parameters(self.kind, self.search_params))
+        out = [self._pick(scores[i], rows[i], banned[i], want[i]) for i in range(nq)]
+        short = [i for i in range(nq) if len(out[i]) < want[i]]
+        if short and self.kind in (IVF, HNSW):
+            wider = {name: value * _WIDEN for name, value in self.search_params.items()}
+            scores, rows = self.index.search(q[short], fetch, params=search_parameters(self.kind, wider))
+            for j, i in enumerate(short):
+                out[i] = self._pick(scores[j], rows[j], banned[i], want[i])
+            short = [i for i in short if len(out[i]) < want[i]]
+        for i in short:
+            log.debug("search fell back to brute force for one query (k=%d, excluded %d)", k, len(banned[i]))
+            out[i] = self._brute(q[i], banned[i], want[i])
+        return out
+
+    def vectors_for(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors of `item_ids` ([n, dim], zeros where unknown) and a mask of which were found."""
+        rows = np.fromiter((self.row_of.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        found = rows >= 0
+        out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
+        out[found] = self.vectors[rows[found]]
+        return out, found
+
+    def _rows(self, item_ids: Collection[str]) -> frozenset[int]:
+        return frozenset(r for i in item_ids if (r := self.row_of.get(i)) is not None)
+
+    def _pick(
+        self, scores: np.ndarray, rows: np.ndarray, banned: frozenset[int], want: int
+    ) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        for s, r in zip(scores.tolist(), rows.tolist(), strict=True):
+            if r < 0 or r in banned:
+                continue
+            out.append((str(self.ids[r]), s))
+            if len(out) == want:
+                break
+        return out
+
+    def _brute(self, query: np.ndarray, banned: frozenset[int], want: int) -> list[tuple[str, float]]:
+        scores = self.vectors @ query
+        if banned:
+            scores[list(banned)] = -np.inf
+        top = np.argpartition(-scores, want - 1)[:want] if want < self.size else np.arange(self.size)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(str(self.ids[r]), float(scores[r])) for r in top.tolist() if np.isfinite(scores[r])][:want]

@@ -1,0 +1,479 @@
+"""The index store: `<root>/<model_version>/<build_id>/` builds, a CURRENT pointer, verification, retention.
+
+    <root>/<version>/CURRENT                {"build_id": ..., "manifest_sha256": ...}, replaced atomically
+    <root>/<version>/<build_id>/index.faiss  faiss.write_index
+                                ids.npy      item ids (unicode, no pickle); row i of the index = ids[i]
+                                vectors.npy  float32 [N, dim], the stored vector of every item (for /score)
+                                manifest.json
+    <root>/<version>/.tmp-<build_id>/       a build being written; removed by the next build
+
+A build writes a temporary directory, fsyncs it, renames it into place, then (after `fence()`)
+replaces CURRENT. A crash at any point leaves the previous CURRENT intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import faiss
+import numpy as np
+import onnxruntime as ort
+
+from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
+from index_store.encode import TowerRunner, encode_catalog
+from index_store.registry import SnapshotRegistry
+from index_store.snapshot import Snapshot
+from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
+from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.npy"
+VECTORS_FILE = "vectors.npy"
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+TMP_PREFIX = ".tmp-"
+DATA_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE)
+REQUIRED = ("format", "model_version", "build_id", "item_count", "dim", "index", "files", "item_tower_sha256")
+
+
+def new_build_id() -> str:
+    """Sortable UTC timestamp (milliseconds) plus a random suffix, e.g. 20261126T101500.123Z-9f3a1c."""
+    now = datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a small file via tmp + fsync + os.replace, then fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+class IndexStore:
+    """Builds, persists, verifies and loads index builds under one root directory.
+
+    store = IndexStore(Path("var/index"))
+    build_id = store.build(model_store, "20261122T101500Z", catalog_rows, IndexConfig())
+    snapshot = store.load("20261122T101500Z", model_manifest)
+    """
+
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.root = Path(root)
+        self.keep = keep
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        """Model versions with an index directory."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def builds(self, version: str) -> list[str]:
+        """Complete builds of `version`, oldest first (build ids sort by time)."""
+        vdir = self.root / check_tag(version)
+        if not vdir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in vdir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
+        )
+
+    def current_build(self, version: str) -> str | None:
+        """The build CURRENT points to, or None before the first build."""
+        pointer = self._pointer(version)
+        return None if pointer is None else str(pointer["build_id"])
+
+    def _pointer(self, version: str) -> dict[str, Any] | None:
+        path = self.root / check_tag(version) / CURRENT
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict) or not isinstance(raw.get("build_id"), str):
+            raise ManifestError(f"{path}: no build_id")
+        check_tag(raw["build_id"])
+        return raw
+
+    def load(
+        self,
+        version: str,
+        model_manifest: ModelManifest,
+        build_id: str | None = None,
+        threads: int = 1,
+    ) -> Snapshot:
+        """Load and verify one build (default: the current one) of `version` into a Snapshot.
+
+        Refuses (ArtifactError / ManifestError, logged with the file and the reason) a build whose
+        files fail their sha256, whose dim, model version or item tower differ from `model_manifest`,
+        or whose item count does not add up.
+        """
+        try:
+            return self._load(version, model_manifest, build_id, threads)
+        except TwoTowerError as exc:
+            log.error("refused index build of %s: %s", version, exc)
+            raise
+
+    def _load(self, version: str, model: ModelManifest, build_id: str | None, threads: int) -> Snapshot:
+        started = time.monotonic()
+        expected_manifest_sha: str | None = None
+        if build_id is None:
+            pointer = self._pointer(version)
+            if pointer is None:
+                raise IndexNotReady(version)
+            build_id = str(pointer["build_id"])
+            expected_manifest_sha = pointer.get("manifest_sha256")
+        bdir = self.root / check_tag(version) / check_tag(build_id)
+        if not bdir.is_dir():
+            raise ArtifactError(f"{bdir}: missing")
+        mpath = bdir / MANIFEST
+        raw_manifest = _read(mpath)
+        if expected_manifest_sha and hashlib.sha256(raw_manifest).hexdigest() != expected_manifest_sha:
+            raise ArtifactError(f"{mpath}: sha256 does not match the one recorded in {CURRENT}")
+        manifest = _parse_manifest(raw_manifest, mpath)
+        _check_against_model(manifest, model, version, build_id, mpath)
+        data = {name: _read_verified(bdir / name, manifest) for name in DATA_FILES}
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data[INDEX_FILE], dtype=np.uint8))
+        except RuntimeError as exc:
+            raise ArtifactError(f"{bdir / INDEX_FILE}: not a Faiss index ({exc})") from exc
+        ids = _load_npy(bdir / IDS_FILE, data[IDS_FILE])
+        vectors = _load_npy(bdir / VECTORS_FILE, data[VECTORS_FILE])
+        del data
+        n, dim = int(manifest["item_count"]), int(manifest["dim"])
+        if ids.dtype.kind != "U" or ids.shape != (n,):
+            raise ArtifactError(f"{bdir / IDS_FILE}: expected {n} string ids, got {ids.dtype} {ids.shape}")
+        if vectors.dtype != np.float32 or vectors.shape != (n, dim):
+            raise ArtifactError(
+                f"{bdir / VECTORS_FILE}: expected float32 {(n, dim)}, got {vectors.dtype} {vectors.shape}"
+            )
+        if index.ntotal != n or index.d != dim:
+            raise ArtifactError(
+                f"{bdir / INDEX_FILE}: holds {index.ntotal} x {index.d}, manifest says {n} x {dim}"
+            )
+        kind = kind_of(index)
+        if kind != manifest["index"].get("kind"):
+            raise ArtifactError(
+                f"{bdir / INDEX_FILE}: is {kind}, manifest says {manifest['index'].get('kind')}"
+            )
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ArtifactError(f"{bdir / INDEX_FILE}: metric is not inner product")
+        row_of = dict(zip(ids.tolist(), range(n), strict=True))
+        if len(row_of) != n:
+            raise ArtifactError(f"{bdir / IDS_FILE}: duplicate item ids")
+        ids.setflags(write=False)
+        vectors.setflags(write=False)
+        snapshot = Snapshot(
+            model_version=version,
+            build_id=build_id,
+            index=index,
+            ids=ids,
+            row_of=MappingProxyType(row_of),
+            vectors=vectors,
+            manifest=MappingProxyType(manifest),
+            search_params=MappingProxyType(dict(manifest["index"].get("search_params", {}))),
+            kind=kind,
+            threads=threads,
+        )
+        log.info(
+            "loaded index build %s/%s: %d items, %s %s, in %.2fs",
+            version,
+            build_id,
+            n,
+            kind,
+            dict(snapshot.search_params),
+            time.monotonic() - started,
+        )
+        return snapshot
+
+    def refresh(
+        self, registry: SnapshotRegistry, version: str, model_manifest: ModelManifest, threads: int = 1
+    ) -> Snapshot | None:
+        """Load the current build into `registry` if it is new; on any failure keep what serves.
+
+        Returns the snapshot swapped in, or None when nothing changed or the build was refused.
+        """
+        try:
+            build_id = self.current_build(version)
+        except TwoTowerError as exc:
+            log.error("cannot read the current index build of %s: %s", version, exc)
+            return None
+        serving = registry.get(version)
+        if build_id is None or (serving is not None and serving.build_id == build_id):
+            return None
+        try:
+            snapshot = self.load(version, model_manifest, build_id, threads=threads)
+        except TwoTowerError:
+            if serving is not None:
+                log.warning("%s keeps serving index build %s", version, serving.build_id)
+            return None
+        registry.swap(version, snapshot)
+        return snapshot
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def build(
+        self,
+        model_store: Path,
+        model_version: str,
+        catalog: Iterable[Mapping[str, Any]],
+        config: IndexConfig,
+        fence: Callable[[], None] | None = None,
+        build_id: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> str:
+        """Encode `catalog` with the version's item tower, index, verify recall, persist, publish.
+
+        The caller holds the per-version build lock: stale `.tmp-*` directories are removed as
+        leftovers of crashed builds. `fence()` is called right before CURRENT is replaced and must
+        raise if this worker lost the lock; the new build is then deleted, never published.
+        """
+        started = time.monotonic()
+        build_id = check_tag(build_id or new_build_id())
+        model = load_version(Path(model_store), model_version)
+        vdir = self.root / check_tag(model_version)
+        vdir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_tmp(vdir)
+        if (vdir / build_id).exists():
+            raise BuildRefused(f"{vdir / build_id}: build id already exists")
+        log.info("index build %s/%s: encoding the catalog", model_version, build_id)
+
+        runner = TowerRunner(Path(model_store) / model_version, model, "item", intra_threads=config.threads)
+        runner.load()
+        t = time.monotonic()
+        ids, vectors = encode_catalog(runner, catalog, batch_size=config.batch_size, progress=progress)
+        encode_s = time.monotonic() - t
+        _check_unique(ids)
+        t = time.monotonic()
+        built = build_index(vectors, config)
+        index_s = time.monotonic() - t
+
+        t = time.monotonic()
+        tmp, final = vdir / f"{TMP_PREFIX}{build_id}", vdir / build_id
+        tmp.mkdir()
+        try:
+            timings = {
+                "encode_s": encode_s,
+                "encode_items_per_s": len(ids) / max(encode_s, 1e-9),
+                "index_s": index_s,
+                **built.timings,
+            }
+            manifest = self._write_build(
+                tmp, model, build_id, ids, vectors, built, config, timings, started, t
+            )
+            os.rename(tmp, final)
+            fsync_dir(vdir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            if fence is not None:
+                fence()
+        except BaseException:
+            log.warning("index build %s/%s: fence refused the publish; deleting it", model_version, build_id)
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        pointer = {"build_id": build_id, "manifest_sha256": manifest}
+        _write_atomic(vdir / CURRENT, (json.dumps(pointer, sort_keys=True) + "\n").encode())
+        log.info(
+            "index build %s/%s published: %d items, %s, %.1fs",
+            model_version,
+            build_id,
+            len(ids),
+            built.factory,
+            time.monotonic() - started,
+        )
+        self.prune(model_version)
+        return build_id
+
+    def _write_build(
+        self,
+        tmp: Path,
+        model: ModelManifest,
+        build_id: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        built: BuiltIndex,
+        config: IndexConfig,
+        timings: dict[str, float],
+        started: float,
+        write_started: float,
+    ) -> str:
+        """Write the files and the manifest into `tmp`, fsync them; returns the manifest's sha256."""
+        faiss.write_index(built.index, str(tmp / INDEX_FILE))
+        np.save(tmp / IDS_FILE, np.array(ids, dtype=str), allow_pickle=False)
+        np.save(tmp / VECTORS_FILE, vectors, allow_pickle=False)
+        files, sizes = {}, {}
+        for name in DATA_FILES:
+            path = tmp / name
+            _fsync_file(path)
+            files[name] = _sha256(path)
+            sizes[name] = path.stat().st_size
+        timings["write_s"] = time.monotonic() - write_started
+        timings["total_s"] = time.monotonic() - started
+        manifest = {
+            "format": FORMAT,
+            "model_version": model.version,
+            "build_id": build_id,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "item_count": len(ids),
+            "dim": int(vectors.shape[1]),
+            "similarity": model.similarity,
+            "metric": "inner_product",
+            "item_tower_sha256": model.files[ITEM_TOWER],
+            "index": {
+                "kind": built.kind,
+                "factory": built.factory,
+                "params": dict(built.params),
+                "search_params": dict(built.search_params),
+            },
+            "recall": dict(built.recall) if built.recall is not None else None,
+            "files": files,
+            "sizes": sizes,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "config": config.to_dict(),
+            "versions": {"faiss": faiss.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__},
+        }
+        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        with open(tmp / MANIFEST, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        return hashlib.sha256(data).hexdigest()
+
+    def prune(self, version: str) -> list[str]:
+        """Delete builds beyond the newest `keep`, never the current one; returns what was removed."""
+        current = self.current_build(version)
+        builds = self.builds(version)
+        keep = set(builds[-self.keep :]) | ({current} if current else set())
+        removed = [b for b in builds if b not in keep]
+        for b in removed:
+            shutil.rmtree(self.root / version / b, ignore_errors=True)
+            log.info("pruned index build %s/%s", version, b)
+        return removed
+
+    @staticmethod
+    def _remove_stale_tmp(vdir: Path) -> None:
+        for p in vdir.iterdir():
+            if p.name.startswith(TMP_PREFIX) and p.is_dir():
+                log.warning("removing %s: left by an interrupted build", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _check_unique(ids: list[str]) -> None:
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            raise BuildRefused(f"item id {item!r} appears more than once in the catalog")
+        seen.add(item)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path}: missing") from exc
+
+
+def _read_verified(path: Path, manifest: Mapping[str, Any]) -> bytes:
+    """The file's bytes once size and sha256 match the manifest: the bytes checked are the bytes used."""
+    digest = manifest["files"].get(path.name)
+    if digest is None:
+        raise ManifestError(f"{path.parent / MANIFEST}: no sha256 for {path.name}")
+    data = _read(path)
+    size = manifest.get("sizes", {}).get(path.name)
+    if size is not None and len(data) != size:
+        raise ArtifactError(f"{path}: truncated or extended ({len(data)} bytes, manifest says {size})")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise ArtifactError(f"{path}: sha256 {actual[:12]}… does not match manifest {digest[:12]}…")
+    return data
+
+
+def _load_npy(path: Path, data: bytes) -> np.ndarray:
+    try:
+        array: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable .npy file ({exc})") from exc
+    return array
+
+
+def _parse_manifest(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: not a JSON object")
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}")
+    if raw["format"] != FORMAT:
+        raise ManifestError(f"{path}: unsupported format {raw['format']!r}")
+    if not isinstance(raw["index"], dict) or raw["index"].get("kind") not in KINDS:
+        raise ManifestError(f"{path}: index.kind must be one of {KINDS}")
+    for key in ("item_count", "dim"):
+        if not isinstance(raw[key], int) or raw[key] < 1:
+            raise ManifestError(f"{path}: {key} must be a positive integer, got {raw[key]!r}")
+    return raw
+
+
+def _check_against_model(
+    manifest: Mapping[str, Any], model: ModelManifest, version: str, build_id: str, path: Path
+) -> None:
+    if manifest["model_version"] != version or model.version != version:
+        raise ManifestError(
+            f"{path}: built for model version {manifest['model_version']!r}, "
+            f"loading as {version!r} with model manifest {model.version!r}"
+        )
+    if manifest["build_id"] != build_id:
+        raise ManifestError(
+            f"{path}: build_id {manifest['build_id']!r} does not match directory {build_id!r}"
+        )
+    if manifest["dim"] != model.dim:
+        raise ManifestError(
+            f"{path}: dim {manifest['dim']} does not match model {model.version} dim {model.dim}"
+        )
+    if manifest["item_tower_sha256"] != model.files.get(ITEM_TOWER):
+        raise ManifestError(f"{path}: built with a different item tower than model {model.version}'s")

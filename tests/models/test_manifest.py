@@ -1,0 +1,82 @@
+"""The model store: round trip, missing fields, immutable tags, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from models.errors import ArtifactError, ManifestError, VersionExists
+from models.features import default_schema
+from models.manifest import (
+    ITEM_TOWER,
+    MANIFEST,
+    USER_TOWER,
+    ModelManifest,
+    list_versions,
+    load_version,
+    write_version,
+)
+
+SCHEMA = default_schema(
+    {"user_id": ["1"], "item_id": ["10"], "gender": ["F"], "occupation": ["x"], "genre": ["Drama"]}
+)
+
+
+def _files(tmp: Path) -> None:
+    (tmp / USER_TOWER).write_bytes(b"user")
+    (tmp / ITEM_TOWER).write_bytes(b"item")
+
+
+def _manifest(version: str) -> object:
+    def make(digests: Mapping[str, str]) -> ModelManifest:
+        return ModelManifest(
+            version=version, dim=8, similarity="cosine", features=SCHEMA, files=digests, metrics={"r": 1.0}
+        )
+
+    return make
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    write_version(tmp_path, "v1", _files, _manifest("v1"))  # type: ignore[arg-type]
+    m = load_version(tmp_path, "v1")
+    assert (m.version, m.dim, m.similarity, dict(m.metrics)) == ("v1", 8, "cosine", {"r": 1.0})
+    assert m.features == SCHEMA
+    assert set(m.files) == {USER_TOWER, ITEM_TOWER}
+    assert list_versions(tmp_path) == ["v1"]
+
+
+def test_missing_field_is_named(tmp_path: Path) -> None:
+    write_version(tmp_path, "v1", _files, _manifest("v1"))  # type: ignore[arg-type]
+    path = tmp_path / "v1" / MANIFEST
+    raw = json.loads(path.read_text())
+    del raw["dim"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="missing field.*dim"):
+        load_version(tmp_path, "v1")
+
+
+def test_tampered_file_fails_checksum(tmp_path: Path) -> None:
+    write_version(tmp_path, "v1", _files, _manifest("v1"))  # type: ignore[arg-type]
+    (tmp_path / "v1" / ITEM_TOWER).write_bytes(b"other")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_version(tmp_path, "v1")
+
+
+def test_existing_version_is_refused(tmp_path: Path) -> None:
+    write_version(tmp_path, "v1", _files, _manifest("v1"))  # type: ignore[arg-type]
+    with pytest.raises(VersionExists):
+        write_version(tmp_path, "v1", _files, _manifest("v1"))  # type: ignore[arg-type]
+
+
+def test_nothing_left_on_failure(tmp_path: Path) -> None:
+    def broken(tmp: Path) -> None:
+        (tmp / USER_TOWER).write_bytes(b"half")
+        raise RuntimeError("export crashed")
+
+    with pytest.raises(RuntimeError):
+        write_version(tmp_path, "v2", broken, _manifest("v2"))  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+    assert list_versions(tmp_path) == []

@@ -33,7 +33,7 @@ $(DATA)/items.jsonl: | $(VENV)/.serve
 data: $(DATA)/items.jsonl ## fetch MovieLens-100k into $(DATA)
 
 index: $(VENV)/.serve data ## build the demo model's index (no PyTorch needed)
-	$(BIN)/twotower reindex
+	$(BIN)/twotower reindex --if-missing
 
 serve: index ## fresh clone -> the demo service on $(HOST):$(PORT)
 	$(BIN)/twotower serve --host $(HOST) --port $(PORT) --announce

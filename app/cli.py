@@ -119,6 +119,9 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         return 2
     store = IndexStore(Path(settings.index_store), keep=settings.index.keep_builds)
     for version in versions:
+        if args.if_missing and store.current_build(version) is not None:
+            print(f"{version}: build {store.current_build(version)} is current; nothing to do")
+            continue
 
         def progress(n: int, version: str = version) -> None:
             if args.json_progress:
@@ -295,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reindex", help="build, verify and activate an index (same code path as the worker)")
     p.add_argument("--model-version", help="one version (default: every version in the model store)")
+    p.add_argument("--if-missing", action="store_true", help="only versions without a current build")
     p.add_argument("--build-id", help=argparse.SUPPRESS)
     p.add_argument("--fence-token", help=argparse.SUPPRESS)
     p.add_argument("--json-progress", action="store_true", help=argparse.SUPPRESS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import importlib
 import json
 import logging
 import secrets
@@ -81,17 +83,17 @@ class _SyncLock:
             self.client.eval(_RELEASE, 1, self.key, self.token)
 
     def holder(self) -> str | None:
+        from app.features import _text
+
         raw = self.client.get(self.key)
-        return bytes(raw).decode() if raw else None
+        return _text(raw)
 
 
 def index_config(settings: Settings) -> Any:
     from index_store.build import IndexConfig
 
     s = settings.index
-    extra = {"ann_factory": s.ann_factory} if s.ann_factory else {}
-    return IndexConfig(
-        **extra,
+    config = IndexConfig(
         exact_threshold=s.exact_threshold,
         recall_floor=s.recall_floor,
         recall_k=s.recall_k,
@@ -99,11 +101,11 @@ def index_config(settings: Settings) -> Any:
         threads=s.build_threads,
         keep_builds=s.keep_builds,
     )
+    return dataclasses.replace(config, ann_factory=s.ann_factory) if s.ann_factory else config
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from index_store.store import IndexStore
-
     from index_store.threads import set_faiss_threads
     from models.manifest import list_versions
 
@@ -280,7 +282,7 @@ def _announce(server: Any, settings: Settings, host: str, port: int) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from bench import run
+        run = importlib.import_module("bench.run")
     except ImportError:
         print("twotower bench runs from a source checkout (the bench/ folder)", file=sys.stderr)
         return 2

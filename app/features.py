@@ -37,6 +37,13 @@ _RENEW = (
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
+def _text(raw: Any) -> str | None:
+    """A Redis reply (bytes, as the client is not set to decode) as text."""
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Stream a JSON-lines file; a bad line is a DataError naming file and line."""
     try:
@@ -277,7 +284,7 @@ class RedisStore(FeatureStore):
 
     async def aliases(self) -> dict[str, str]:
         raw = await self._call("aliases", lambda: self.client.hgetall(self.key("aliases")))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {str(_text(k)): str(_text(v)) for k, v in raw.items()}
 
     async def set_alias(self, alias: str, version: str) -> None:
         await self._call("set_alias", lambda: self.client.hset(self.key("aliases"), alias, version))
@@ -299,7 +306,7 @@ class RedisStore(FeatureStore):
         current = await self._call("claim", lambda: self.client.get(key))
         if current is None:  # expired between the two calls: try once more
             return await self.claim_active(version, job_id, ttl_s)
-        return bytes(current).decode()
+        return _text(current)
 
     async def clear_active(self, version: str, job_id: str) -> None:
         key = self.key("active", version)
@@ -310,7 +317,7 @@ class RedisStore(FeatureStore):
 
     async def dequeue(self) -> str | None:
         raw = await self._call("dequeue", lambda: self.client.lpop(self.key("queue")))
-        return bytes(raw).decode() if raw else None
+        return _text(raw)
 
     async def acquire_lock(self, version: str, token: str, ttl_s: float) -> bool:
         key = self.key("lock", version)
@@ -341,7 +348,7 @@ class RedisStore(FeatureStore):
         client = redis.Redis.from_url(self.url, socket_timeout=max(self.timeout_s, 2.0))
         try:
             raw = client.get(self.key("lock", version))
-            return bytes(raw).decode() if raw else None
+            return _text(raw)
         finally:
             client.close()
 

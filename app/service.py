@@ -12,14 +12,14 @@ from typing import Any, TypeVar
 
 import anyio
 import numpy as np
-from index_store.registry import SnapshotRegistry
-from index_store.snapshot import Snapshot
-from index_store.store import IndexStore
 
 from app.features import FeatureStore
 from app.metrics import Metrics
 from app.settings import Settings
 from index_store.encode import TowerRunner
+from index_store.registry import SnapshotRegistry
+from index_store.snapshot import Snapshot
+from index_store.store import IndexStore
 from index_store.threads import set_faiss_threads
 from models.errors import (
     BuildRefused,
@@ -214,7 +214,7 @@ class Service:
     def warm_up(self, served: ServedVersion, snap: Snapshot) -> None:
         """A few real tower runs and searches before the build takes traffic; NaN refuses it."""
         sample = [str(x) for x in snap.ids[: min(5, snap.size)]]
-        users = [{"user_id": None}, {"user_id": None, "history": sample}]
+        users: list[dict[str, Any]] = [{"user_id": None}, {"user_id": None, "history": sample}]
         q = served.user.embed(users)
         results = snap.search(q, min(10, max(1, snap.size)))
         vecs, found = snap.vectors_for(sample)

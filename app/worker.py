@@ -153,7 +153,7 @@ class Worker:
         cmd += ["--fence-token", token]
         self.current = proc = await asyncio.create_subprocess_exec(
             *cmd,
-            stdin=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**_child_env(), "TWOTOWER_CONFIG_JSON": json.dumps(config)},
@@ -161,20 +161,29 @@ class Worker:
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(proc.stderr.read())
         build_id: str | None = None
-        async for line in proc.stdout:
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "items" in msg:
-                self.metrics.build_progress.labels(version).set(msg["items"])
-                with contextlib.suppress(StoreUnavailable):
-                    await self._update(job, items=msg["items"])
-            if "build_id" in msg:
-                build_id = msg["build_id"]
-        code = await proc.wait()
-        err = (await stderr_task).decode(errors="replace").strip()
-        self.current = None
+        try:
+            async for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "items" in msg:
+                    self.metrics.build_progress.labels(version).set(msg["items"])
+                    with contextlib.suppress(StoreUnavailable):
+                        await self._update(job, items=msg["items"])
+                if "build_id" in msg:
+                    build_id = msg["build_id"]
+            code = await proc.wait()
+            err = (await stderr_task).decode(errors="replace").strip()
+        except asyncio.CancelledError:
+            # Shutting down mid-build: stop the child and reap it, so no pipe or zombie is left.
+            if proc.returncode is None:
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(proc.wait(), stderr_task), 10)
+            raise
+        finally:
+            self.current = None
         if code == 0 and build_id is not None:
             return build_id, None
         last = err.splitlines()[-1] if err else f"exit code {code}"

@@ -193,6 +193,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _finite_or_nan(value: Any) -> float:
+    """A bucket's raw value: NaN (-> bucket 0, missing) for anything but a finite number."""
+    return float(value) if _is_number(value) and math.isfinite(value) else math.nan
+
+
 class TowerEncoder:
     """Validates raw feature dicts and turns batches of them into one tower's input arrays.
 
@@ -267,14 +272,14 @@ class TowerEncoder:
                 assert spec.vocab is not None
                 idx = self._index[spec.vocab]
                 out[spec.name] = np.fromiter(
-                    (idx.get(r.get(src), 0) if isinstance(r.get(src), str) else 0 for r in rows),
+                    (idx.get(v, 0) if isinstance(v := r.get(src), str) else 0 for r in rows),
                     dtype=np.int64,
                     count=n,
                 )
             elif spec.kind == "bucket":
                 vals = np.fromiter(
                     (
-                        float(v) if _is_number(v := r.get(src)) and math.isfinite(v) else math.nan
+                        _finite_or_nan(r.get(src))
                         for r in rows
                     ),
                     dtype=np.float64,

@@ -169,6 +169,7 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
     cache_idx = torch.empty(0, dtype=torch.long)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     history: list[dict[str, float]] = []
+    stop_reason = "max_epochs"
     t_start = time.monotonic()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -183,18 +184,19 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             v = model.item(**_take(prep.item_arrays, prep.target[idx]))
             logits = u @ v.T / config.temperature
             if config.logq:
-                # in-batch negatives are drawn by click frequency: subtract log q so popular items
-                # are not over-penalised (Yi et al., 2019)
-                logits = logits - log_q[tgt][None, :]
+                # in-batch negatives are drawn by click frequency: subtract the log of each item's
+                # expected count in the batch, B*q(i), so popular items are not over-penalised
+                # (Yi et al., 2019); log B is a constant here but keeps units equal to the MNS part
+                logits = logits - (log_q[tgt] + math.log(len(idx)))[None, :]
             # the same item twice in a batch is not a negative for itself
             dup = (tgt[:, None] == tgt[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
             logits = logits.masked_fill(dup, -1e9)
             if config.mns and len(cache_idx):
                 # cached vectors were sampled uniformly from the catalogue: their correction is
-                # log(1 / n_items), constant per item, unlike the frequency-based in-batch one
+                # the expected count C/N, the same for every item, unlike the in-batch B*q(i)
                 extra = u @ cache_vec.T / config.temperature
                 if config.logq:
-                    extra = extra - math.log(1.0 / n_items)
+                    extra = extra - math.log(len(cache_idx) / n_items)
                 extra = extra.masked_fill(tgt[:, None] == cache_idx[None, :], -1e9)
                 logits = torch.cat([logits, extra], dim=1)
             loss = F.cross_entropy(logits, torch.arange(len(idx)))
@@ -225,9 +227,11 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
         else:
             bad += 1
             if bad >= config.patience:
+                stop_reason = "early_stopping"
                 break
         if elapsed > config.max_minutes * 60 * 0.8:
             log.warning("stopping early: time budget of %.1f min nearly spent", config.max_minutes)
+            stop_reason = "time_budget"
             break
     assert best_state is not None
     model.load_state_dict(best_state)
@@ -236,6 +240,7 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
         "best_epoch": best_epoch,
         "best_val_recall@50": best,
         "epochs_run": len(history),
+        "stop_reason": stop_reason,
         "seconds": round(time.monotonic() - t_start, 1),
         "history": history,
     }
@@ -245,9 +250,8 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
 def real_rows(prep: Prepared, n: int = 64) -> dict[Side, list[dict[str, Any]]]:
     """A parity batch from the data, with a cold user and an unknown item mixed in."""
     users = sorted(prep.split.train)[:n]
-    urows = [
-        user_row(prep.data, u, prep.split.sequences[u][-prep.schema.user.fields[-1].max_len :]) for u in users
-    ]
+    keep = max(f.max_len for f in prep.schema.user.fields if f.kind == "sequence")
+    urows = [user_row(prep.data, u, prep.split.sequences[u][-keep:]) for u in users]
     urows.append(
         {"user_id": "cold-user", "age": 30, "gender": "F", "occupation": "new-job", "history": ["nope"]}
     )

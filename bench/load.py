@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-_BUILD = b'"index_build":"'
-_ITEMS = b'"items":'
+_BUILD = b'"index_build"'
+_ITEMS = b'"items"'
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,8 @@ async def _run(spec: LoadSpec, bodies: list[bytes]) -> LoadResult:
                 b, d = -1, 0
                 p = body.find(_BUILD)
                 if p >= 0:
-                    q = body.index(b'"', p + len(_BUILD))
-                    name = body[p + len(_BUILD) : q]
+                    start_q = body.index(b'"', body.index(b":", p + len(_BUILD))) + 1
+                    name = body[start_q : body.index(b'"', start_q)]
                     b = build_ix.setdefault(name, len(build_ix))
                     d = zlib.crc32(body[body.find(_ITEMS) :])
                 res.req.append(ix)
@@ -337,7 +337,13 @@ def wrk_available() -> str | None:
 
 
 def run_wrk(
-    port: int, path: str, bodies_file: Path, concurrency: int, duration_s: float, workdir: Path, threads: int = 1
+    port: int,
+    path: str,
+    bodies_file: Path,
+    concurrency: int,
+    duration_s: float,
+    workdir: Path,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Closed-loop load with wrk (one thread by default: the box has 2 cores); its own percentiles."""
     exe = wrk_available()

@@ -44,8 +44,8 @@ def proc_rss_mb(pid: int) -> dict[str, float]:
 class ServiceProcess:
     """One API process with the given settings (environment `TWOTOWER_*`), stopped on exit.
 
-        with ServiceProcess({"TWOTOWER_INDEX_STORE": "/tmp/x"}, log=Path("/tmp/x.log")) as svc:
-            httpx.post(f"{svc.url}/recall", json={"user_id": "1"})
+    with ServiceProcess({"TWOTOWER_INDEX_STORE": "/tmp/x"}, log=Path("/tmp/x.log")) as svc:
+        httpx.post(f"{svc.url}/recall", json={"user_id": "1"})
     """
 
     def __init__(self, env: Mapping[str, str], log: Path, ready_timeout_s: float = 300.0) -> None:
@@ -84,7 +84,9 @@ class ServiceProcess:
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"the service was not ready in {self.ready_timeout_s}s:\n{self.tail()}")
+                    raise RuntimeError(
+                        f"the service was not ready in {self.ready_timeout_s}s:\n{self.tail()}"
+                    )
                 time.sleep(0.2)
 
     def health(self) -> dict[str, Any]:

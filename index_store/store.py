@@ -85,6 +85,7 @@ class IndexStore:
     """
 
     def __init__(self, root: Path, keep: int = 3) -> None:
+        """`keep` is the default of `prune()`; a build prunes with its config's `keep_builds`."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.root = Path(root)
@@ -315,7 +316,7 @@ class IndexStore:
             built.factory,
             time.monotonic() - started,
         )
-        self.prune(model_version)
+        self.prune(model_version, keep=config.keep_builds)
         return build_id
 
     def _write_build(
@@ -374,12 +375,18 @@ class IndexStore:
         fsync_dir(tmp)
         return hashlib.sha256(data).hexdigest()
 
-    def prune(self, version: str) -> list[str]:
-        """Delete builds beyond the newest `keep`, never the current one; returns what was removed."""
+    def prune(self, version: str, keep: int | None = None) -> list[str]:
+        """Delete builds beyond the newest `keep` (default: the store's), never the current one.
+
+        Returns the build ids removed.
+        """
+        n = self.keep if keep is None else keep
+        if n < 1:
+            raise ValueError(f"keep must be >= 1, got {n}")
         current = self.current_build(version)
         builds = self.builds(version)
-        keep = set(builds[-self.keep :]) | ({current} if current else set())
-        removed = [b for b in builds if b not in keep]
+        keep_ids = set(builds[-n:]) | ({current} if current else set())
+        removed = [b for b in builds if b not in keep_ids]
         for b in removed:
             shutil.rmtree(self.root / version / b, ignore_errors=True)
             log.info("pruned index build %s/%s", version, b)

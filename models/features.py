@@ -278,10 +278,7 @@ class TowerEncoder:
                 )
             elif spec.kind == "bucket":
                 vals = np.fromiter(
-                    (
-                        _finite_or_nan(r.get(src))
-                        for r in rows
-                    ),
+                    (_finite_or_nan(r.get(src)) for r in rows),
                     dtype=np.float64,
                     count=n,
                 )

@@ -45,6 +45,11 @@ def test_round_trip(tmp_path: Path, model_store: Path, manifest: ModelManifest, 
     np.testing.assert_allclose(stored, runner.embed(rows), atol=1e-5)
     (res,) = snap.search(stored[:1], 10)
     assert res[0][0] == rows[0]["item_id"] and res[0][1] == pytest.approx(1.0, abs=1e-4)
+    # On start, refresh loads the current build once; a second call changes nothing.
+    registry = SnapshotRegistry()
+    assert store.refresh(registry, version, manifest) is not None
+    assert store.refresh(registry, version, manifest) is None
+    assert registry.get(version) is not None and registry.get(version).build_id == build_id  # type: ignore[union-attr]
 
 
 def test_ann_build_records_recall(
@@ -140,15 +145,15 @@ def test_bad_build_refused_while_old_serves(
 def test_retention_keeps_last_n_and_current(
     tmp_path: Path, model_store: Path, manifest: ModelManifest, catalog: Any
 ) -> None:
-    store = IndexStore(tmp_path / "index", keep=2)
+    store = IndexStore(tmp_path / "index", keep=1)
     version = manifest.version
-    built = [store.build(model_store, version, catalog(200, seed=s), IndexConfig()) for s in range(4)]
+    config = IndexConfig(keep_builds=2)
+    built = [store.build(model_store, version, catalog(200, seed=s), config) for s in range(4)]
     assert built == sorted(built)
     assert store.builds(version) == built[-2:]
     # A rollback points CURRENT at an old build: pruning must never delete it.
     (tmp_path / "index" / version / CURRENT).write_text(json.dumps({"build_id": built[2]}))
-    store.keep = 1
-    store.prune(version)
+    assert store.prune(version) == []  # keep=1 holds the newest, and the current on top
     assert store.builds(version) == built[2:]
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.catalog import synthetic_items
 from index_store.build import IndexConfig, build_index
 from index_store.snapshot import Snapshot
 from models.manifest import ModelManifest, list_versions, load_version
-from tests.index_store.catalog import synthetic_items
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_STORE = ROOT / "models" / "demo"

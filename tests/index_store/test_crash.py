@@ -22,7 +22,7 @@ import sys, time
 from pathlib import Path
 from index_store import IndexConfig, IndexStore
 from models.manifest import load_version
-from tests.index_store.catalog import synthetic_items
+from bench.catalog import synthetic_items
 
 root, models, version, n, marker = sys.argv[1:]
 root, models = Path(root), Path(models)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Response
 
 from app.api.deps import ServiceDep, SettingsDep
-from app.schemas import RecallRequest, RecallResponse, ScoredItem
+from app.api.responses import FastJSON
+from app.schemas import RecallRequest, RecallResponse
 
 router = APIRouter(tags=["retrieval"])
 ERRORS: dict[int | str, dict[str, str]] = {
@@ -17,7 +18,7 @@ ERRORS: dict[int | str, dict[str, str]] = {
 
 
 @router.post("/recall", response_model=RecallResponse, responses=ERRORS)
-async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep) -> RecallResponse:
+async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep) -> Response:
     """Top-k items for one user from the index built by the same model version."""
     limits = settings.limits
     k = body.k if body.k is not None else min(limits.default_k, limits.max_k)
@@ -42,9 +43,11 @@ async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep
     res = await service.recall(
         body.model_version, body.user_id, body.features, k, body.exclude_item_ids, body.exclude_history
     )
-    return RecallResponse(
-        model_version=res.version,
-        index_build=res.build,
-        cold_start=res.cold_start,
-        items=[ScoredItem(item_id=i, score=s) for i, s in res.items],
+    return FastJSON(
+        {
+            "model_version": res.version,
+            "index_build": res.build,
+            "cold_start": res.cold_start,
+            "items": [{"item_id": i, "score": s} for i, s in res.items],
+        }
     )

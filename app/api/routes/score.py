@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Response
 
 from app.api.deps import ServiceDep, SettingsDep
+from app.api.responses import FastJSON
 from app.api.routes.recall import ERRORS
-from app.schemas import ItemScore, ScoreRequest, ScoreResponse
+from app.schemas import ScoreRequest, ScoreResponse
 
 router = APIRouter(tags=["retrieval"])
 
 
 @router.post("/score", response_model=ScoreResponse, responses=ERRORS)
-async def score(body: ScoreRequest, service: ServiceDep, settings: SettingsDep) -> ScoreResponse:
+async def score(body: ScoreRequest, service: ServiceDep, settings: SettingsDep) -> Response:
     """Scores in request order: stored vectors, item tower for items with features, null otherwise."""
     limits = settings.limits
     if len(body.items) > limits.max_score_items:
@@ -21,11 +22,13 @@ async def score(body: ScoreRequest, service: ServiceDep, settings: SettingsDep) 
     res = await service.score(
         body.model_version, body.user_id, body.features, [(it.item_id, it.features) for it in body.items]
     )
-    return ScoreResponse(
-        model_version=res.version,
-        index_build=res.build,
-        scores=[
-            ItemScore(item_id=it.item_id, score=s, missing=s is None)
-            for it, s in zip(body.items, res.scores, strict=True)
-        ],
+    return FastJSON(
+        {
+            "model_version": res.version,
+            "index_build": res.build,
+            "scores": [
+                {"item_id": it.item_id, "score": s, "missing": s is None}
+                for it, s in zip(body.items, res.scores, strict=True)
+            ],
+        }
     )

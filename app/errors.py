@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.service import feature_error_detail
@@ -44,5 +46,19 @@ async def _twotower_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422; an input echoing NaN or Infinity (JSON cannot carry it) is left out, not a 500."""
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors())
+    try:
+        return JSONResponse({"detail": errors}, status_code=422)
+    except ValueError:
+        return JSONResponse(
+            {"detail": [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]},
+            status_code=422,
+        )
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(TwoTowerError, _twotower_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 # Ids are strings in the API; lengths are bounded again by the configured limits in the routes.
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -19,10 +19,10 @@ class _Strict(BaseModel):
 class RecallRequest(_Strict):
     user_id: ItemId | None = None
     features: Features | None = None
-    k: int | None = Field(None, description="1..max_k; default 100")
+    k: StrictInt | None = Field(None, description="1..max_k; default 100")  # strict: `true` is not 1
     model_version: ItemId | None = Field(None, description="a version tag or an alias; omitted = default")
     exclude_item_ids: list[ItemId] = []
-    exclude_history: bool = True
+    exclude_history: StrictBool = True  # strict: "no" or 0 is a type error, not False
 
 
 class ScoredItem(BaseModel):

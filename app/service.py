@@ -185,8 +185,19 @@ class Service:
                 continue
             if self._refused.get(tag) == current:
                 continue
-            await anyio.to_thread.run_sync(self.activate, tag, current)
+            ok = await anyio.to_thread.run_sync(self.activate, tag, current)
+            if not ok and self.registry.get(tag) is None:
+                await anyio.to_thread.run_sync(self._fall_back, tag, current)
         await self._ensure_default()
+
+    def _fall_back(self, tag: str, refused: str) -> None:
+        """Nothing serves `tag` (at start) and its current build was refused: the last good build is
+        the newest older one that passes every check, so a restart is not an outage."""
+        for build_id in reversed([b for b in self.index_store.builds(tag) if b < refused]):
+            if self.activate(tag, build_id):
+                log.warning("%s serves its previous build %s until a good build is published", tag, build_id)
+                break
+        self._refused[tag] = refused  # retry nothing until CURRENT changes
 
     def activate(self, tag: str, build_id: str) -> bool:
         """Verify, warm and swap in one build; on any failure the previous snapshot keeps serving."""

@@ -54,9 +54,20 @@ async def submit(store: FeatureStore, version: str) -> dict[str, Any]:
             return job
         found = await store.get_job(existing)
         if found is not None and found["status"] not in TERMINAL:
-            return found
+            if not _abandoned(found):
+                return found
+            # Its worker died or froze: close the job, or no build of this version runs for an hour.
+            found.update(status="failed", error="abandoned: its worker stopped renewing")
+            found["updated_at"] = time.time()
+            await store.put_job(found)
         await store.clear_active(version, existing)  # a stale marker (its job ended or expired)
     raise StoreUnavailable(f"could not queue a build of {version}")
+
+
+def _abandoned(job: dict[str, Any]) -> bool:
+    """A running job not renewed for two lock TTLs (its worker renews every third of one)."""
+    lease = job.get("lease_s")
+    return job["status"] == "running" and lease is not None and time.time() - job["updated_at"] > 2 * lease
 
 
 class Worker:
@@ -113,10 +124,12 @@ class Worker:
         while not await self.store.acquire_lock(version, token, self.settings.lock_ttl_s):
             # Another worker builds this version: wait for it rather than build twice.
             await asyncio.sleep(min(1.0, self.settings.lock_ttl_s / 4))
-        renew = asyncio.create_task(self._renew(version, token, job_id))
+        renew = asyncio.create_task(self._renew(version, token, job))
         try:
-            await self._update(job, status="running")
+            await self._update(job, status="running", lease_s=self.settings.lock_ttl_s)
             build_id, error = await self._build(job, token)
+            renew.cancel()  # and wait, so that no heartbeat lands after the final status
+            await asyncio.wait([renew])
             if build_id is not None:
                 await self._update(job, status="succeeded", index_build=build_id)
                 self.metrics.builds.labels(version, "succeeded").inc()
@@ -134,14 +147,15 @@ class Worker:
                 await self.store.clear_active(version, job_id)
             self.metrics.build_progress.labels(version).set(0)
 
-    async def _renew(self, version: str, token: str, job_id: str) -> None:
+    async def _renew(self, version: str, token: str, job: dict[str, Any]) -> None:
         while True:
             await asyncio.sleep(self.settings.lock_ttl_s / 3)
             try:
                 if not await self.store.renew_lock(version, token, self.settings.lock_ttl_s):
                     log.error("lock on %s lost: the build will not be published", version)
                     return
-                await self.store.claim_active(version, job_id, ACTIVE_TTL_S)
+                await self.store.claim_active(version, job["job_id"], ACTIVE_TTL_S)
+                await self._update(job)  # the heartbeat that tells `submit` this job is alive
             except StoreUnavailable as exc:
                 log.warning("lock on %s not renewed: %s", version, exc)
 

@@ -87,7 +87,10 @@ class TowerRunner:
         spin = "1" if self.spinning else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types; the message must name the file
+            raise ArtifactError(f"{path}: not a loadable ONNX model ({exc})") from exc
         encoder = TowerEncoder(self.manifest.features, self.side)
         names = {i.name for i in session.get_inputs()}
         missing = sorted(names - set(encoder.input_names))

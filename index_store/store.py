@@ -156,6 +156,14 @@ class IndexStore:
                 raise IndexNotReady(version)
             build_id = str(pointer["build_id"])
             expected_manifest_sha = pointer.get("manifest_sha256")
+        else:
+            # Loaded by id (as the service does): the current build is still checked against CURRENT.
+            try:
+                pointer = self._pointer(version)
+            except TwoTowerError:
+                pointer = None
+            if pointer is not None and pointer["build_id"] == build_id:
+                expected_manifest_sha = pointer.get("manifest_sha256")
         bdir = self.root / check_tag(version) / check_tag(build_id)
         if not bdir.is_dir():
             raise ArtifactError(f"{bdir}: missing")

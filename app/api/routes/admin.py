@@ -26,7 +26,12 @@ router = APIRouter(
 )
 
 
-@router.post("/reindex", status_code=202, response_model=ReindexAccepted)
+@router.post(
+    "/reindex",
+    status_code=202,
+    response_model=ReindexAccepted,
+    responses={400: {"description": "body that cannot be parsed"}, 404: {"description": "unknown version"}},
+)
 async def reindex(service: ServiceDep, body: ReindexRequest | None = None) -> ReindexAccepted:
     """Queue a rebuild of one version (or every served one); a build already queued or running is returned."""
     if body is not None and body.model_version is not None:
@@ -73,6 +78,7 @@ async def versions(service: ServiceDep) -> Versions:
     "/aliases/{alias}",
     response_model=AliasResponse,
     responses={
+        400: {"description": "body that cannot be parsed"},
         404: {"description": "unknown version"},
         409: {"description": "the version has no ready index"},
     },

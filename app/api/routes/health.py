@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import ServiceDep
@@ -28,7 +28,7 @@ async def readyz(service: ServiceDep) -> Response | Health:
     return Health(status="ready", model_version=reason, index_build=snap.build_id if snap else None)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus text format."""
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from app.schemas import RecallRequest, RecallResponse
 
 router = APIRouter(tags=["retrieval"])
 ERRORS: dict[int | str, dict[str, str]] = {
+    400: {"description": "body that cannot be parsed (not UTF-8, or nested too deep)"},
     404: {"description": "unknown model version or alias"},
     413: {"description": "request body too large"},
     422: {"description": "invalid field, feature or limit"},

@@ -1,0 +1,163 @@
+"""Fixtures for the reliability scenarios: a small catalog, one good index build, real processes that
+are always stopped, a redis-server per test that the test may kill, and the scenario report.
+
+`RELIABILITY_REPORT=path pytest tests/reliability` writes the table of docs/RELIABILITY.md (scenario,
+expected, observed, result) from the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import index_config
+from app.settings import Settings
+from index_store.store import IndexStore
+from models.manifest import ModelManifest
+from tests.conftest import RedisServer
+from tests.data import write_dataset
+from tests.reliability.procs import TOKEN, Proc, Server, clean_env
+
+N_ITEMS = 300
+N_USERS = 30
+
+
+@pytest.fixture(scope="session")
+def rel_data(tmp_path_factory: pytest.TempPathFactory, manifest: ModelManifest) -> Path:
+    out = tmp_path_factory.mktemp("rel-data")
+    write_dataset(out, manifest, N_USERS, N_ITEMS, seed=5)
+    return out
+
+
+@dataclass(frozen=True)
+class GoodIndex:
+    root: Path
+    build: str
+
+
+@pytest.fixture(scope="session")
+def good_index(
+    tmp_path_factory: pytest.TempPathFactory, model_store: Path, version: str, rel_data: Path
+) -> GoodIndex:
+    """One real build of the demo version over `rel_data`, copied by each test that needs it."""
+    root = tmp_path_factory.mktemp("rel-index")
+    settings = Settings(model_store=model_store, index_store=root, data_dir=rel_data)
+    rows = [json.loads(line) for line in (rel_data / "items.jsonl").read_text().splitlines()]
+    build = IndexStore(root).build(model_store, version, iter(rows), index_config(settings))
+    return GoodIndex(root, build)
+
+
+@pytest.fixture
+def index_root(tmp_path: Path, good_index: GoodIndex) -> Path:
+    dst = tmp_path / "index"
+    shutil.copytree(good_index.root, dst)
+    return dst
+
+
+@pytest.fixture
+def own_models(tmp_path: Path, model_store: Path) -> Path:
+    """A model store this test may break (the session's one is shared)."""
+    dst = tmp_path / "models"
+    shutil.copytree(model_store, dst)
+    return dst
+
+
+@pytest.fixture
+def base_env(rel_data: Path, model_store: Path, index_root: Path) -> dict[str, str]:
+    return clean_env(
+        model_store=model_store,
+        index_store=index_root,
+        data_dir=rel_data,
+        admin_token=TOKEN,
+        poll_interval_s=0.2,
+        shutdown_drain_s=0,
+        reindex_on_start="false",
+        lock_ttl_s=2,
+    )
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """spawn(kind, env, name, **kw) -> Server or Proc; every one is stopped at teardown."""
+    started: list[Proc] = []
+
+    def make(kind: str, env: dict[str, str], name: str, **kw: Any) -> Any:
+        log = tmp_path / f"{name}.log"
+        proc: Proc = Server(env, log, **kw) if kind == "serve" else Proc([kind], env, log, **kw)
+        started.append(proc)
+        return proc
+
+    yield make
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone (not started): the test may stop, pause or kill it."""
+    server = RedisServer(tmp_path)
+    yield server
+    if server.proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+_ROWS: list[dict[str, str]] = []
+_RESULTS: dict[str, tuple[str, float]] = {}
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str, str, str], None]:
+    """report(scenario, expected, observed): one row of docs/RELIABILITY.md."""
+    started = time.monotonic()
+
+    def add(scenario: str, expected: str, observed: str) -> None:
+        _ROWS.append(
+            {
+                "nodeid": request.node.nodeid,
+                "scenario": scenario,
+                "expected": expected,
+                "observed": observed,
+                "at": f"{time.monotonic() - started:.1f}",
+            }
+        )
+
+    return add
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    if rep.when == "call" or rep.failed:
+        previous = _RESULTS.get(item.nodeid, ("passed", 0.0))
+        outcome = rep.outcome if previous[0] == "passed" else previous[0]
+        _RESULTS[item.nodeid] = (outcome, previous[1] + rep.duration)
+    return rep
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = os.environ.get("RELIABILITY_REPORT")
+    if not path or not _ROWS:
+        return
+    lines = [
+        "| scenario | expected | observed | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in _ROWS:
+        outcome, seconds = _RESULTS.get(row["nodeid"], ("not run", 0.0))
+        cells = [row["scenario"], row["expected"], row["observed"], f"{outcome} ({seconds:.0f} s)"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    Path(path).write_text("\n".join(lines) + "\n")

@@ -33,7 +33,6 @@ import onnxruntime as ort
 
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
 from index_store.encode import TowerRunner, encode_catalog
-from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
 from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version
@@ -225,30 +224,6 @@ class IndexStore:
             dict(snapshot.search_params),
             time.monotonic() - started,
         )
-        return snapshot
-
-    def refresh(
-        self, registry: SnapshotRegistry, version: str, model_manifest: ModelManifest, threads: int = 1
-    ) -> Snapshot | None:
-        """Load the current build into `registry` if it is new; on any failure keep what serves.
-
-        Returns the snapshot swapped in, or None when nothing changed or the build was refused.
-        """
-        try:
-            build_id = self.current_build(version)
-        except TwoTowerError as exc:
-            log.error("cannot read the current index build of %s: %s", version, exc)
-            return None
-        serving = registry.get(version)
-        if build_id is None or (serving is not None and serving.build_id == build_id):
-            return None
-        try:
-            snapshot = self.load(version, model_manifest, build_id, threads=threads)
-        except TwoTowerError:
-            if serving is not None:
-                log.warning("%s keeps serving index build %s", version, serving.build_id)
-            return None
-        registry.swap(version, snapshot)
         return snapshot
 
     # -- writing ---------------------------------------------------------------------------------

@@ -45,11 +45,8 @@ def test_round_trip(tmp_path: Path, model_store: Path, manifest: ModelManifest, 
     np.testing.assert_allclose(stored, runner.embed(rows), atol=1e-5)
     (res,) = snap.search(stored[:1], 10)
     assert res[0][0] == rows[0]["item_id"] and res[0][1] == pytest.approx(1.0, abs=1e-4)
-    # On start, refresh loads the current build once; a second call changes nothing.
-    registry = SnapshotRegistry()
-    assert store.refresh(registry, version, manifest) is not None
-    assert store.refresh(registry, version, manifest) is None
-    assert registry.get(version) is not None and registry.get(version).build_id == build_id  # type: ignore[union-attr]
+    # On start, the current build loads without any re-encoding.
+    assert store.load(version, manifest).build_id == build_id == store.current_build(version)
 
 
 def test_ann_build_records_recall(
@@ -129,13 +126,13 @@ def test_bad_build_refused_while_old_serves(
     version = manifest.version
     registry = SnapshotRegistry()
     old = store.build(model_store, version, catalog(500), IndexConfig())
-    assert store.refresh(registry, version, manifest) is not None
+    registry.swap(version, store.load(version, manifest))
     new = store.build(model_store, version, catalog(600, seed=1), IndexConfig())
     model = corrupt(tmp_path / "index" / version / new, manifest)
     with pytest.raises(error, match=message):
         store.load(version, model)
-    with caplog.at_level(logging.ERROR, logger="index_store.store"):
-        assert store.refresh(registry, version, model) is None
+    with caplog.at_level(logging.ERROR, logger="index_store.store"), pytest.raises(error):
+        registry.swap(version, store.load(version, model, new))
     assert any(message.split(":")[0] in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     serving = registry.get(version)
     assert serving is not None and serving.build_id == old

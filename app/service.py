@@ -237,11 +237,19 @@ class Service:
 
     # --- the request paths ----------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Tower + search: in a worker thread (both release the GIL) or inline, per settings."""
-        if self.settings.runtime.compute_in_thread:
-            return await anyio.to_thread.run_sync(fn, *args)
-        return fn(*args)
+    async def run(self, fn: Callable[..., T], snap: Snapshot | None = None) -> T:
+        """Tower + search: in a worker thread or inline on the event loop (see Runtime settings).
+
+        Inline costs no thread hop and blocks the loop no longer than the compute itself; a
+        search of a large exact index goes to a thread so that two can run on two cores.
+        """
+        rt = self.settings.runtime
+        in_thread = rt.compute_in_thread
+        if in_thread is None:
+            in_thread = snap is not None and snap.kind == "exact" and snap.size > rt.thread_above_exact_items
+        if in_thread:
+            return await anyio.to_thread.run_sync(fn)
+        return fn()
 
     async def user_context(
         self, served: ServedVersion, user_id: str | None, features: Mapping[str, Any] | None
@@ -282,7 +290,7 @@ class Service:
             q = served.user.embed([user.row])
             return snap.search(q, k, [banned])[0]
 
-        items = await self.run(compute)
+        items = await self.run(compute, snap)
         return Recalled(served.tag, snap.build_id, user.cold_start, items)
 
     async def score(

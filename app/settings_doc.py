@@ -43,7 +43,9 @@ DESCRIPTIONS = {
     "RUNTIME__ONNX_INTRA_THREADS": "ONNX Runtime threads per request (user tower, item tower in /score)",
     "RUNTIME__ONNX_SPINNING": "let ONNX Runtime spin-wait between calls (burns a core; off)",
     "RUNTIME__FAISS_THREADS": "Faiss threads per search (one query per request: 1 is fastest here)",
-    "RUNTIME__COMPUTE_IN_THREAD": "run tower + search in a worker thread rather than on the event loop",
+    "RUNTIME__COMPUTE_IN_THREAD": "tower + search in a worker thread (true) or inline (false); "
+    "unset = inline except searches of a large exact index",
+    "RUNTIME__THREAD_ABOVE_EXACT_ITEMS": "with the above unset: exact indexes over this size use a thread",
 }
 
 

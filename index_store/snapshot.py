@@ -101,14 +101,14 @@ class Snapshot:
     def _pick(
         self, scores: np.ndarray, rows: np.ndarray, banned: frozenset[int], want: int
     ) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        for s, r in zip(scores.tolist(), rows.tolist(), strict=True):
-            if r < 0 or r in banned:
-                continue
-            out.append((str(self.ids[r]), s))
-            if len(out) == want:
-                break
-        return out
+        # Vectorised: a Python loop over k + excluded rows cost ~90 us per request at k=100.
+        if banned:  # set lookups beat np.isin (which sorts) for a few hundred rows
+            ok = (r >= 0 and r not in banned for r in rows.tolist())
+            keep = np.fromiter(ok, dtype=bool, count=len(rows))
+        else:
+            keep = rows >= 0
+        sel = np.flatnonzero(keep)[:want]
+        return list(zip(self.ids[rows[sel]].tolist(), scores[sel].tolist(), strict=True))
 
     def _brute(self, query: np.ndarray, banned: frozenset[int], want: int) -> list[tuple[str, float]]:
         scores = self.vectors @ query

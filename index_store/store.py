@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -237,6 +238,7 @@ class IndexStore:
         fence: Callable[[], None] | None = None,
         build_id: str | None = None,
         progress: Callable[[int], None] | None = None,
+        users: Iterable[Mapping[str, Any]] = (),
     ) -> str:
         """Encode `catalog` with the version's item tower, index, verify recall, persist, publish.
 
@@ -261,7 +263,7 @@ class IndexStore:
         encode_s = time.monotonic() - t
         _check_unique(ids)
         t = time.monotonic()
-        built = build_index(vectors, config)
+        built = build_index(vectors, config, self._user_queries(model_store, model, users, config))
         index_s = time.monotonic() - t
 
         t = time.monotonic()
@@ -357,6 +359,17 @@ class IndexStore:
             os.fsync(f.fileno())
         fsync_dir(tmp)
         return hashlib.sha256(data).hexdigest()
+
+    @staticmethod
+    def _user_queries(
+        model_store: Path, model: ModelManifest, users: Iterable[Mapping[str, Any]], config: IndexConfig
+    ) -> np.ndarray | None:
+        """Up to `sample_queries` users through the version's user tower: the recall check's queries."""
+        sample = list(itertools.islice(users, config.sample_queries))
+        if not sample:
+            return None
+        runner = TowerRunner(Path(model_store) / model.version, model, "user", intra_threads=config.threads)
+        return runner.load().embed(sample)
 
     def prune(self, version: str, keep: int | None = None) -> list[str]:
         """Delete builds beyond the newest `keep` (default: the store's), never the current one.

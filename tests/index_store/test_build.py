@@ -44,6 +44,24 @@ def test_ivf_recall_meets_floor_and_agrees_with_brute_force() -> None:
     assert tried[nprobe] >= 0.95 and (nprobe == 1 or tried[nprobe - 1] < 0.95)
 
 
+def test_ivf_tunes_on_the_user_queries_it_is_given() -> None:
+    v = unit_vectors(6000, clusters=40)
+    users = unit_vectors(300, seed=7)  # far from the item clusters, like a user tower's output
+    config = IndexConfig(exact_threshold=0, recall_k=50, sample_queries=200)
+    proxy = build_index(v, config)
+    built = build_index(v, config, queries=users)
+    assert built.recall is not None and built.recall["query_source"] == "users"
+    assert built.recall["queries"] == 200 and built.recall["value"] >= 0.95
+    assert proxy.recall is not None and proxy.recall["query_source"] == "items+noise"
+    # The floor holds on those very queries, checked by brute force.
+    q = users[:200]
+    exact = brute_topk(v, q, 50)
+    _, found = built.index.search(q, 50, params=search_parameters(IVF, built.search_params))
+    overlap = np.mean([len(np.intersect1d(a, b)) / 50 for a, b in zip(found, exact, strict=True)])
+    assert overlap == pytest.approx(built.recall["id_overlap"], abs=1e-4)
+    assert overlap == pytest.approx(built.recall["value"], abs=2e-3)  # ties at the k-th score count as hits
+
+
 def test_ivf_trains_on_a_sample_and_keeps_the_shared_index_untouched() -> None:
     v = unit_vectors(5000, clusters=20)
     built = build_index(v, IndexConfig(exact_threshold=0, train_per_list=10, recall_k=20))

@@ -23,6 +23,7 @@ import redis
 import redis.asyncio as aioredis
 
 from app.settings import Settings
+from models.data import iter_jsonl
 from models.errors import DataError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -45,22 +46,8 @@ def _text(raw: Any) -> str | None:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream a JSON-lines file; a bad line is a DataError naming file and line."""
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: not found") from exc
-    with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object")
-            yield row
+    """Stream a JSON-lines file of the project's data format (errors name file and line)."""
+    return (row for _, row in iter_jsonl(path))
 
 
 def read_users(data_dir: Path) -> dict[str, dict[str, Any]]:

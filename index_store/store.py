@@ -36,7 +36,7 @@ from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_
 from index_store.encode import TowerRunner, encode_catalog
 from index_store.snapshot import Snapshot
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
-from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version
+from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class IndexStore:
         for name in DATA_FILES:
             path = tmp / name
             _fsync_file(path)
-            files[name] = _sha256(path)
+            files[name] = sha256_file(path)
             sizes[name] = path.stat().st_size
         timings["write_s"] = time.monotonic() - write_started
         timings["total_s"] = time.monotonic() - started
@@ -416,14 +416,6 @@ def _check_unique(ids: list[str]) -> None:
         if item in seen:
             raise BuildRefused(f"item id {item!r} appears more than once in the catalog")
         seen.add(item)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read(path: Path) -> bytes:

@@ -194,10 +194,10 @@ def write_dataset(
 # --------------------------------------------------------------------------- load
 
 
-def _read_jsonl(path: Path, id_key: str) -> dict[str, dict[str, Any]]:
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Stream (line number, object) from a JSON-lines file; a bad line is a DataError naming both."""
     if not path.is_file():
         raise DataError(f"{path}: not found")
-    out: dict[str, dict[str, Any]] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -208,13 +208,19 @@ def _read_jsonl(path: Path, id_key: str) -> dict[str, dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object")
-            rid = row.get(id_key)
-            if not isinstance(rid, str) or not rid:
-                raise DataError(f"{path}:{lineno}: {id_key!r} must be a non-empty string, got {rid!r}")
-            if rid in out:
-                raise DataError(f"{path}:{lineno}: duplicate {id_key} {rid!r}")
-            _check_types(row, path, lineno)
-            out[rid] = row
+            yield lineno, row
+
+
+def _read_jsonl(path: Path, id_key: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for lineno, row in iter_jsonl(path):
+        rid = row.get(id_key)
+        if not isinstance(rid, str) or not rid:
+            raise DataError(f"{path}:{lineno}: {id_key!r} must be a non-empty string, got {rid!r}")
+        if rid in out:
+            raise DataError(f"{path}:{lineno}: duplicate {id_key} {rid!r}")
+        _check_types(row, path, lineno)
+        out[rid] = row
     return out
 
 

@@ -55,10 +55,14 @@ test: $(VENV)/.dev redis-server lint ## install dev deps and redis-server, lint,
 train: $(VENV)/.dev data ## train, evaluate and export a new model version into var/models
 	$(BIN)/twotower train --data $(DATA) --model-store var/models
 
-bench: $(VENV)/.dev ## the full benchmark (see bench/README.md); `make bench-quick` for the short one
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	@touch $@ $(VENV)/.serve
+
+bench: $(VENV)/.bench ## the full benchmark (see bench/README.md); `make bench-quick` for the short one
 	$(BIN)/python -m bench.run
 
-bench-quick: $(VENV)/.dev
+bench-quick: $(VENV)/.bench
 	$(BIN)/python -m bench.run --quick
 
 clean: ## remove the venv, data and built indexes

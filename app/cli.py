@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -137,6 +138,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from models.manifest import list_versions
 
     settings = load_settings()
+    if args.json_progress and settings.index.build_nice:  # a worker's child: yield the CPU to requests
+        os.nice(settings.index.build_nice)
     set_faiss_threads(settings.index.build_threads)
     versions = (
         [args.model_version]
@@ -309,6 +312,8 @@ def _announce(server: Any, settings: Settings, host: str, port: int) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if (Path.cwd() / "bench" / "run.py").exists():
+        sys.path.insert(0, str(Path.cwd()))  # the console script's sys.path holds its own dir, not cwd
     try:
         run = importlib.import_module("bench.run")
     except ImportError:

@@ -20,7 +20,6 @@ from index_store.encode import TowerRunner
 from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from index_store.store import IndexStore
-from index_store.threads import set_faiss_threads
 from models.errors import (
     BuildRefused,
     FeatureError,
@@ -90,7 +89,6 @@ class Service:
 
     def load_versions(self) -> None:
         """ONNX sessions for every version in the model store (or the configured list)."""
-        set_faiss_threads(self.settings.runtime.faiss_threads)
         store = Path(self.settings.model_store)
         tags = self.settings.model_versions or list_versions(store)
         rt = self.settings.runtime
@@ -203,7 +201,9 @@ class Service:
         """Verify, warm and swap in one build; on any failure the previous snapshot keeps serving."""
         served = self.versions[tag]
         try:
-            snap = self.index_store.load(tag, served.manifest, build_id)
+            snap = self.index_store.load(
+                tag, served.manifest, build_id, threads=self.settings.runtime.faiss_threads
+            )
             self.warm_up(served, snap)
         except (TwoTowerError, OSError, ValueError, RuntimeError) as exc:
             self._refused[tag] = build_id

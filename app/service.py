@@ -263,7 +263,7 @@ class Service:
                 if not sent:
                     raise
                 # The request carries its own features: serve it on them alone.
-                log.warning("feature store down: user %s served on request features only", "<id>")
+                log.warning("feature store down: a request served on its own features only")
         row = {**(stored or {}), **sent, "user_id": user_id}
         cold = stored is None and not sent
         if cold:

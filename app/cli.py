@@ -48,33 +48,6 @@ def _catalog(settings: Settings) -> Iterator[dict[str, Any]]:
     return iter_catalog_file(Path(settings.data_dir))
 
 
-def _users(settings: Settings, limit: int) -> list[dict[str, Any]]:
-    """A seeded sample of real users (features and history) for the build's recall check."""
-    import random
-
-    from app.features import read_users
-
-    rows: list[dict[str, Any]] = []
-    if settings.redis_url:
-        import redis
-
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=max(settings.redis_timeout_s, 5.0))
-        try:
-            for key in client.scan_iter(f"{settings.redis_prefix}user:*", count=1000):
-                raw = client.get(key)
-                if raw:
-                    rows.append({**json.loads(raw), "user_id": key.decode().rsplit(":", 1)[-1]})
-                if len(rows) >= 20 * limit:
-                    break
-        finally:
-            client.close()
-    elif settings.data_dir is not None and (Path(settings.data_dir) / "users.jsonl").exists():
-        rows = [{**f, "user_id": uid} for uid, f in read_users(Path(settings.data_dir)).items()]
-    rows.sort(key=lambda r: str(r["user_id"]))
-    random.Random(0).shuffle(rows)
-    return rows[:limit]
-
-
 class _SyncLock:
     """The version lock for a standalone `twotower reindex` against Redis (the worker holds its own)."""
 
@@ -133,6 +106,7 @@ def index_config(settings: Settings) -> Any:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
+    from app.features import sample_users
     from index_store.store import IndexStore
     from index_store.threads import set_faiss_threads
     from models.manifest import list_versions
@@ -192,7 +166,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
                 fence=fence,
                 build_id=args.build_id,
                 progress=progress,
-                users=_users(settings, index_config(settings).sample_queries),
+                users=sample_users(settings, index_config(settings).sample_queries),
             )
         if args.json_progress:
             print(json.dumps({"build_id": build_id, "model_version": version}), flush=True)

@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import os
+import random
 import tempfile
 from abc import ABC, abstractmethod
 from collections import deque
@@ -73,6 +74,27 @@ def read_users(data_dir: Path) -> dict[str, dict[str, Any]]:
     for _, uid, iid in events:
         users.setdefault(uid, {"history": []})["history"].append(iid)
     return users
+
+
+def sample_users(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    """A seeded sample of real users (features and history) for the build's recall check."""
+    rows: list[dict[str, Any]] = []
+    if settings.redis_url:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=max(settings.redis_timeout_s, 5.0))
+        try:
+            for key in client.scan_iter(f"{settings.redis_prefix}user:*", count=1000):
+                raw = client.get(key)
+                if raw:
+                    rows.append({**json.loads(raw), "user_id": key.decode().rsplit(":", 1)[-1]})
+                if len(rows) >= 20 * limit:
+                    break
+        finally:
+            client.close()
+    elif settings.data_dir is not None and (Path(settings.data_dir) / "users.jsonl").exists():
+        rows = [{**f, "user_id": uid} for uid, f in read_users(Path(settings.data_dir)).items()]
+    rows.sort(key=lambda r: str(r["user_id"]))
+    random.Random(0).shuffle(rows)
+    return rows[:limit]
 
 
 def iter_catalog_file(data_dir: Path) -> Iterator[dict[str, Any]]:

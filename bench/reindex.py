@@ -44,7 +44,8 @@ def peak_rss_mb() -> float:
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
-    from app.features import iter_catalog_file
+    from app.features import iter_catalog_file, sample_users
+    from app.settings import Settings
     from index_store.build import IndexConfig
     from index_store.store import IndexStore
     from index_store.threads import set_faiss_threads
@@ -62,7 +63,13 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     cpu0 = time.process_time()
     build_id = store.build(
-        Path(args.model_store), args.version, iter_catalog_file(Path(args.data)), config, progress=progress
+        Path(args.model_store),
+        args.version,
+        iter_catalog_file(Path(args.data)),
+        config,
+        progress=progress,
+        # the recall floor is tuned on users through the user tower, as `twotower reindex` does
+        users=sample_users(Settings(data_dir=Path(args.data)), config.sample_queries),
     )
     wall = time.monotonic() - started
     manifest = json.loads((Path(args.index_store) / args.version / build_id / "manifest.json").read_text())

@@ -5,7 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from app.cli import index_config
+from app.features import iter_catalog_file
+from app.settings import Settings
 from bench.catalog import ITEMS, synthetic_items, synthetic_users, write_items, write_users
+from index_store.store import IndexStore
 from models.manifest import ModelManifest
 
 
@@ -21,3 +25,9 @@ def write_dataset(out: Path, manifest: ModelManifest, n_users: int, n_items: int
         for u in synthetic_users(manifest, n_users, seed=seed)
     ]
     write_users(out, users)
+
+
+def build_index(root: Path, model_store: Path, version: str, data_dir: Path) -> str:
+    """One real build of `version` over the catalog in `data_dir`, with the service's index settings."""
+    settings = Settings(model_store=model_store, index_store=root, data_dir=data_dir)
+    return IndexStore(root).build(model_store, version, iter_catalog_file(data_dir), index_config(settings))

@@ -3,7 +3,6 @@ the demo vocabularies, and one real index build shared by the session."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app.cli import index_config
 from app.main import create_app
 from app.settings import Settings
-from index_store.store import IndexStore
 from models.manifest import ModelManifest
-from tests.data import write_dataset
+from tests.data import build_index, write_dataset
 
 TOKEN = "test-admin-token-0123456789"
 N_ITEMS = 400
@@ -37,9 +34,7 @@ def built_index(
 ) -> Path:
     """One real build, copied by each test that needs its own index store."""
     root = tmp_path_factory.mktemp("index")
-    settings = Settings(model_store=model_store, index_store=root, data_dir=data_dir)
-    rows = [json.loads(line) for line in (data_dir / "items.jsonl").read_text().splitlines()]
-    IndexStore(root).build(model_store, version, iter(rows), index_config(settings))
+    build_index(root, model_store, version, data_dir)
     return root
 
 

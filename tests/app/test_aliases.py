@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.cli import index_config
 from app.main import create_app
-from index_store.store import IndexStore
 from models.manifest import MANIFEST, list_versions
 from tests.app.conftest import make_settings
+from tests.data import build_index
 
 V2 = "99990101T000000Z"  # sorts after the demo tag: the "newer" version
 
@@ -30,9 +29,7 @@ def two_versions(tmp_path: Path, model_store: Path, version: str, data_dir: Path
     (store / V2 / MANIFEST).write_text(json.dumps(manifest))
     assert list_versions(store) == [version, V2]
     index = tmp_path / "index"
-    rows = [json.loads(line) for line in (data_dir / "items.jsonl").read_text().splitlines()]
-    # only the demo version gets an index up front
-    IndexStore(index).build(store, version, iter(rows), index_config(make_settings(store, index, data_dir)))
+    build_index(index, store, version, data_dir)  # only the demo version gets an index up front
     return store, index
 
 

@@ -8,7 +8,6 @@ expected, observed, result) from the run.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -20,12 +19,9 @@ from typing import Any
 
 import pytest
 
-from app.cli import index_config
-from app.settings import Settings
-from index_store.store import IndexStore
 from models.manifest import ModelManifest
 from tests.conftest import RedisServer
-from tests.data import write_dataset
+from tests.data import build_index, write_dataset
 from tests.reliability.procs import TOKEN, Proc, Server, clean_env
 
 N_ITEMS = 300
@@ -51,10 +47,7 @@ def good_index(
 ) -> GoodIndex:
     """One real build of the demo version over `rel_data`, copied by each test that needs it."""
     root = tmp_path_factory.mktemp("rel-index")
-    settings = Settings(model_store=model_store, index_store=root, data_dir=rel_data)
-    rows = [json.loads(line) for line in (rel_data / "items.jsonl").read_text().splitlines()]
-    build = IndexStore(root).build(model_store, version, iter(rows), index_config(settings))
-    return GoodIndex(root, build)
+    return GoodIndex(root, build_index(root, model_store, version, rel_data))
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import numpy as np
 from app.features import FeatureStore
 from app.metrics import Metrics
 from app.settings import Settings
-from index_store.encode import TowerRunner
 from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from index_store.store import IndexStore
@@ -29,6 +28,7 @@ from models.errors import (
     UnknownVersion,
 )
 from models.manifest import ModelManifest, list_versions, load_version
+from models.runtime import TowerRunner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,10 +18,10 @@ import numpy as np
 
 from bench.load import percentile
 from index_store.build import HNSW, IVF, recall_at_k, search_parameters
-from index_store.encode import TowerRunner
 from index_store.snapshot import Snapshot
 from index_store.threads import using_faiss_threads
 from models.manifest import ModelManifest
+from models.runtime import TowerRunner
 
 
 def stats_ms(latencies: Sequence[float]) -> dict[str, float]:

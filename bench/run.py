@@ -233,10 +233,10 @@ def user_rows(data: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 @step("compute")
 def measure_compute(ctx: Context) -> None:
-    from index_store.encode import TowerRunner
     from index_store.store import IndexStore
     from index_store.threads import set_faiss_threads
     from models.manifest import load_version
+    from models.runtime import TowerRunner
 
     plan = ctx.plan
     manifest = load_version(ctx.model_store, ctx.version)
@@ -550,9 +550,9 @@ def expected_results(
     ctx: Context, kind: str, build_id: str, users: Sequence[Mapping[str, Any]]
 ) -> dict[str, list[tuple[str, float]]]:
     """What the service must answer for each user on one build, recomputed offline."""
-    from index_store.encode import TowerRunner
     from index_store.store import IndexStore
     from models.manifest import load_version
+    from models.runtime import TowerRunner
 
     manifest = load_version(ctx.model_store, ctx.version)
     snap = IndexStore(ctx.index_root(kind)).load(ctx.version, manifest, build_id)

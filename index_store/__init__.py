@@ -1,7 +1,7 @@
 """Catalog encoding, Faiss index builds, the index store and atomically swapped snapshots."""
 
 from index_store.build import BuiltIndex, IndexConfig, build_index
-from index_store.encode import TowerRunner, encode_catalog
+from index_store.encode import encode_catalog
 from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from index_store.store import IndexStore, new_build_id
@@ -13,7 +13,6 @@ __all__ = [
     "IndexStore",
     "Snapshot",
     "SnapshotRegistry",
-    "TowerRunner",
     "build_index",
     "encode_catalog",
     "new_build_id",

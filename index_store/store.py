@@ -33,10 +33,11 @@ import numpy as np
 import onnxruntime as ort
 
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
-from index_store.encode import TowerRunner, encode_catalog
+from index_store.encode import encode_catalog
 from index_store.snapshot import Snapshot
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
 from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version, sha256_file
+from models.runtime import TowerRunner
 
 log = logging.getLogger(__name__)
 

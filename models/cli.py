@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: training needs PyTorch: pip install -e '.[train]'", file=sys.stderr)
         return 2
-    from models.train import TrainConfig, train_and_export
+    from models.training.train import TrainConfig, train_and_export
 
     overrides = {
         k: getattr(args, k)

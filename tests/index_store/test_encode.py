@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index_store.encode import TowerRunner, encode_catalog
+from index_store.encode import encode_catalog
 from models.errors import ArtifactError, DataError
 from models.manifest import ITEM_TOWER, ModelManifest
+from models.runtime import TowerRunner
 
 
 class Row(dict[str, Any]):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from index_store.build import IndexConfig
-from index_store.encode import TowerRunner
 from index_store.registry import SnapshotRegistry
 from index_store.store import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, VECTORS_FILE, IndexStore
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError
 from models.manifest import ModelManifest, sha256_file
+from models.runtime import TowerRunner
 
 ANN = IndexConfig(exact_threshold=0, recall_k=50, sample_queries=100)
 

@@ -55,7 +55,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_version(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[Path, str]:
     """One tiny training run, exported (ONNX + manifest) into a temporary model store."""
     pytest.importorskip("torch")
-    from models.train import TrainConfig, train_and_export
+    from models.training.train import TrainConfig, train_and_export
 
     store = tmp_path_factory.mktemp("store")
     config = TrainConfig(

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from models.data import Dataset, load_dataset, vocabularies
 from models.errors import DataError, VersionExists
-from models.evaluate import EvalSet, Split, evaluate, temporal_split
-from models.export import export_version
 from models.features import FeatureSchema, Side, TowerEncoder, default_schema
 from models.manifest import check_tag, new_version_tag
-from models.towers import TwoTower, to_tensors
+from models.training.evaluate import EvalSet, Split, evaluate, temporal_split
+from models.training.export import export_version
+from models.training.towers import TwoTower, to_tensors
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.train
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from models import export as export_mod  # noqa: E402
+from models.training import export as export_mod  # noqa: E402
 from models.data import load_dataset  # noqa: E402
 from models.errors import ArtifactError, VersionExists  # noqa: E402
-from models.train import TrainConfig, prepare, real_rows, train_and_export, train_model  # noqa: E402
+from models.training.train import TrainConfig, prepare, real_rows, train_and_export, train_model  # noqa: E402
 
 TINY = TrainConfig(
     epochs=1, batch_size=64, dim=16, field_dim=8, hidden=(32,), history_len=8, title_hash_size=64

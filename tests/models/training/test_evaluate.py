@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from models.data import load_dataset
-from models.evaluate import eval_set, metrics_table, rank_metrics, temporal_split
+from models.training.evaluate import eval_set, metrics_table, rank_metrics, temporal_split
 
 
 def test_temporal_split_holds_out_the_last_two(tiny_data: Path) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from models.errors import ArtifactError
 from models.features import FeatureSchema, Side, TowerEncoder
 from models.manifest import ITEM_TOWER, USER_TOWER, ModelManifest, write_version
-from models.towers import Tower, TwoTower, to_tensors
+from models.training.towers import Tower, TwoTower, to_tensors
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Training (PyTorch): towers, the trainer, evaluation and ONNX export. Never imported by the service."""

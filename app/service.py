@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
-from app.features import FeatureStore
 from app.metrics import Metrics
 from app.settings import Settings
+from app.state import FeatureStore
 from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from index_store.store import IndexStore

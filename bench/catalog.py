@@ -2,7 +2,7 @@
 
 Seeded and lazy: the same (manifest, n, seed) always yields the same rows, and 1M rows never sit
 in memory. `write_data_dir` writes them as a data directory the service and `twotower reindex` read
-(users.jsonl, items.jsonl, interactions.csv; see app/features.py).
+(users.jsonl, items.jsonl, interactions.csv; see app/catalog.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.features import iter_catalog_file, read_users
+from app.catalog import iter_catalog_file, read_users
 from bench import report
 from bench.catalog import synthetic_items, synthetic_users, write_data_dir
 from bench.load import LoadResult, LoadSpec, _run, percentile, summarize

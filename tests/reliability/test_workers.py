@@ -16,8 +16,8 @@ import psutil
 import pytest
 import redis
 
-from app.features import load_into_redis
-from app.worker import new_job
+from app.reindex.jobs import new_job
+from app.state.load import load_into_redis
 from index_store.store import TMP_PREFIX, IndexStore
 from models.manifest import ModelManifest
 from tests.conftest import RedisServer

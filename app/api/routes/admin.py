@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from app.api.deps import AdminDep, ServiceDep
+from app.reindex.jobs import submit
 from app.schemas import (
     AliasRequest,
     AliasResponse,
@@ -15,7 +16,6 @@ from app.schemas import (
     VersionInfo,
     Versions,
 )
-from app.worker import submit
 from models.errors import IndexNotReady
 
 router = APIRouter(

@@ -1,73 +1,29 @@
-"""The reindex worker: jobs (coalesced per version), a lock per version, builds in a child process.
+"""The reindex worker: takes jobs off the queue, holds the version's lock, runs the build child.
 
-A build re-encodes the whole catalog and trains an index: seconds of CPU that must not starve the
-event loop, so it runs as `python -m app.cli reindex` in its own process (its memory is returned
-when it exits, and a crash cannot take the API down). The parent holds and renews the version's
-lock; the child checks it (fencing) right before it publishes, so a build that outlived its lock is
-never made current.
+The parent holds and renews the version's lock; the child checks it (fencing) right before it
+publishes, so a build that outlived its lock is never made current.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import sys
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from app.features import FeatureStore
 from app.metrics import Metrics
+from app.reindex import child
+from app.reindex.jobs import ACTIVE_TTL_S, TERMINAL, submit
 from app.settings import Settings
+from app.state import FeatureStore, make_store
 from models.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
-ACTIVE_TTL_S = 3600.0
-TERMINAL = ("succeeded", "failed")
-
-
-def new_job(version: str) -> dict[str, Any]:
-    return {
-        "job_id": uuid.uuid4().hex,
-        "status": "queued",
-        "model_version": version,
-        "index_build": None,
-        "items": 0,
-        "error": None,
-        "created_at": time.time(),
-        "updated_at": time.time(),
-    }
-
-
-async def submit(store: FeatureStore, version: str) -> dict[str, Any]:
-    """Queue a build of `version`, or return the job already queued or running for it."""
-    job = new_job(version)
-    for _ in range(3):
-        existing = await store.claim_active(version, job["job_id"], ACTIVE_TTL_S)
-        if existing is None:
-            await store.put_job(job)
-            await store.enqueue(job["job_id"])
-            return job
-        found = await store.get_job(existing)
-        if found is not None and found["status"] not in TERMINAL:
-            if not _abandoned(found):
-                return found
-            # Its worker died or froze: close the job, or no build of this version runs for an hour.
-            found.update(status="failed", error="abandoned: its worker stopped renewing")
-            found["updated_at"] = time.time()
-            await store.put_job(found)
-        await store.clear_active(version, existing)  # a stale marker (its job ended or expired)
-    raise StoreUnavailable(f"could not queue a build of {version}")
-
-
-def _abandoned(job: dict[str, Any]) -> bool:
-    """A running job not renewed for two lock TTLs (its worker renews every third of one)."""
-    lease = job.get("lease_s")
-    return job["status"] == "running" and lease is not None and time.time() - job["updated_at"] > 2 * lease
 
 
 class Worker:
@@ -162,24 +118,20 @@ class Worker:
     async def _build(self, job: dict[str, Any], token: str) -> tuple[str | None, str | None]:
         """Run one build in a child process; returns (build_id, None) or (None, error)."""
         version = job["model_version"]
-        config = self.settings.model_dump(mode="json", exclude={"admin_token"})
-        cmd = [sys.executable, "-m", "app.cli", "reindex", "--model-version", version, "--json-progress"]
-        cmd += ["--fence-token", token]
         self.current = proc = await asyncio.create_subprocess_exec(
-            *cmd,
+            *child.command(version, token),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**_child_env(), "TWOTOWER_CONFIG_JSON": json.dumps(config)},
+            env=child.environment(self.settings),
         )
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(proc.stderr.read())
         build_id: str | None = None
         try:
             async for line in proc.stdout:
-                try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
+                msg = child.parse_line(line)
+                if msg is None:
                     continue
                 if "items" in msg:
                     self.metrics.build_progress.labels(version).set(msg["items"])
@@ -211,5 +163,26 @@ class Worker:
                 self.current.terminate()
 
 
-def _child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "TWOTOWER_ADMIN_TOKEN"}
+async def run_worker(settings: Settings) -> None:
+    """`twotower worker`: the worker alone, until SIGTERM or SIGINT."""
+    from models.manifest import list_versions
+
+    metrics = Metrics()
+    store = make_store(settings, on_error=lambda op: metrics.store_errors.labels(op).inc())
+    worker = Worker(
+        settings,
+        store,
+        metrics,
+        lambda: settings.model_versions or list_versions(Path(settings.model_store)),
+    )
+    task = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    log.info("worker started (store: %s)", store.kind)
+    try:
+        await task
+    except asyncio.CancelledError:
+        worker.stop()
+    finally:
+        await store.close()

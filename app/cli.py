@@ -35,6 +35,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         build_id=args.build_id,
         fence_token=args.fence_token,
         json_progress=args.json_progress,
+        allow_shrink=args.allow_shrink,
     )
 
 
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", help="build, verify and activate an index (same code path as the worker)")
     p.add_argument("--model-version", help="one version (default: every version in the model store)")
     p.add_argument("--if-missing", action="store_true", help="only versions without a current build")
+    p.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="build even if the catalog shrank below index.max_shrink of the current build's",
+    )
     p.add_argument("--build-id", help=argparse.SUPPRESS)
     p.add_argument("--fence-token", help=argparse.SUPPRESS)
     p.add_argument("--json-progress", action="store_true", help=argparse.SUPPRESS)

@@ -128,12 +128,16 @@ class Service:
         ready = sorted(v for v in self.versions if self.registry.get(v) is not None)
         if not ready:
             return
-        self.aliases[DEFAULT_ALIAS] = ready[-1]
+        # Only where no record of it exists anywhere (Redis or the mirror file): a Redis restarted
+        # empty gets its record back, it is never replaced by "the newest".
         try:
-            await self.store.set_alias(DEFAULT_ALIAS, ready[-1])
-            log.info("alias %s -> %s (first boot)", DEFAULT_ALIAS, ready[-1])
+            target = await self.store.init_alias(DEFAULT_ALIAS, ready[-1])
+            if target == ready[-1]:
+                log.info("alias %s -> %s", DEFAULT_ALIAS, target)
         except StoreUnavailable as exc:
-            log.warning("alias %s not persisted: %s", DEFAULT_ALIAS, exc)
+            target = ready[-1]
+            log.warning("alias %s not persisted (serving %s meanwhile): %s", DEFAULT_ALIAS, target, exc)
+        self.aliases[DEFAULT_ALIAS] = target
 
     def resolve(self, name: str | None) -> ServedVersion:
         name = name or DEFAULT_ALIAS

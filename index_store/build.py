@@ -49,6 +49,7 @@ class IndexConfig:
     batch_size: int = 4096  # catalog rows per item-tower call
     threads: int = 2  # ONNX Runtime intra-op and Faiss threads for the build
     keep_builds: int = 3
+    max_shrink: float = 0.5  # refuse a catalog smaller than this share of the current build's (0: off)
     seed: int = 0
 
     def __post_init__(self) -> None:

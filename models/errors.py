@@ -60,3 +60,7 @@ class BuildRefused(TwoTowerError):
 
 class StoreUnavailable(TwoTowerError):
     pass
+
+
+class StorageFull(StoreUnavailable):
+    """A durable write failed for lack of space (ENOSPC, EDQUOT, EFBIG): nothing was changed."""

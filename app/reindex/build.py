@@ -20,6 +20,7 @@ from app.settings import Settings
 from models.errors import BuildRefused, TwoTowerError
 
 log = logging.getLogger("twotower")
+BUILD_LOCK = ".build.lock"
 
 
 def index_config(settings: Settings) -> Any:
@@ -33,6 +34,7 @@ def index_config(settings: Settings) -> Any:
         batch_size=s.batch_size,
         threads=s.build_threads,
         keep_builds=s.keep_builds,
+        max_shrink=s.max_shrink,
     )
     return dataclasses.replace(config, ann_factory=s.ann_factory) if s.ann_factory else config
 
@@ -55,17 +57,20 @@ def reindex(
     build_id: str | None = None,
     fence_token: str | None = None,
     json_progress: bool = False,
+    allow_shrink: bool = False,
 ) -> int:
     """Build, verify and publish; returns the process exit code."""
     from app.catalog import sample_users
     from app.state import RedisStore
-    from app.state.locks import SyncLock
+    from app.state.locks import SyncLock, file_lock
     from index_store.store import IndexStore
     from index_store.threads import set_faiss_threads
     from models.manifest import list_versions
 
-    if json_progress and settings.index.build_nice:  # a worker's child: yield the CPU to requests
-        os.nice(settings.index.build_nice)
+    if json_progress:  # a worker's child: die with the worker, yield the CPU to requests
+        child.watch_parent()
+        if settings.index.build_nice:
+            os.nice(settings.index.build_nice)
     set_faiss_threads(settings.index.build_threads)
     versions = (
         [model_version]
@@ -108,6 +113,15 @@ def reindex(
                             f"lock on {version} lost before publish: stale build not published"
                         )
 
+            else:
+                # One node: the worker's build child and a `twotower reindex` run by hand take turns
+                # on a file lock; the kernel drops it if its holder dies.
+                def waiting(version: str = version) -> None:
+                    log.info("waiting for the build lock on %s (another build of it is running)", version)
+
+                path = Path(settings.index_store) / version / BUILD_LOCK
+                stack.enter_context(file_lock(path, on_wait=waiting))
+
             published = store.build(
                 Path(settings.model_store),
                 version,
@@ -117,6 +131,7 @@ def reindex(
                 build_id=build_id,
                 progress=progress,
                 users=sample_users(settings, index_config(settings).sample_queries),
+                allow_shrink=allow_shrink,
             )
         if json_progress:
             print(child.done_line(published, version), flush=True)

@@ -1,4 +1,9 @@
-"""Reindex jobs: one record per build request, coalesced per version while queued or running."""
+"""Reindex jobs: one record per build request, coalesced per version while queued or running.
+
+A job is never lost or stuck: it is submitted in one atomic step (active marker, record, queue),
+taken off the queue under a lease its worker renews, and handed back when the lease runs out (see
+app/state/queue.py). A job handed back MAX_ATTEMPTS times (its workers died each time) fails.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ import uuid
 from typing import Any
 
 from app.state import FeatureStore
-from models.errors import StoreUnavailable
+from models.errors import BuildRefused, StoreUnavailable
 
 ACTIVE_TTL_S = 3600.0
 TERMINAL = ("succeeded", "failed")
+MAX_ATTEMPTS = 3
 
 
-def new_job(version: str) -> dict[str, Any]:
+def new_job(version: str, allow_shrink: bool = False) -> dict[str, Any]:
     return {
         "job_id": uuid.uuid4().hex,
         "status": "queued",
@@ -21,33 +27,33 @@ def new_job(version: str) -> dict[str, Any]:
         "index_build": None,
         "items": 0,
         "error": None,
+        "attempts": 0,
+        "allow_shrink": allow_shrink,
         "created_at": time.time(),
         "updated_at": time.time(),
     }
 
 
-async def submit(store: FeatureStore, version: str) -> dict[str, Any]:
+async def submit(store: FeatureStore, version: str, allow_shrink: bool = False) -> dict[str, Any]:
     """Queue a build of `version`, or return the job already queued or running for it."""
-    job = new_job(version)
+    job = new_job(version, allow_shrink)
     for _ in range(3):
-        existing = await store.claim_active(version, job["job_id"], ACTIVE_TTL_S)
+        existing = await store.submit_job(job, ACTIVE_TTL_S)
         if existing is None:
-            await store.put_job(job)
-            await store.enqueue(job["job_id"])
             return job
         found = await store.get_job(existing)
         if found is not None and found["status"] not in TERMINAL:
-            if not _abandoned(found):
+            if await store.job_in_flight(existing):
+                if allow_shrink and not found.get("allow_shrink"):
+                    raise BuildRefused(
+                        f"a build of {version} without allow_shrink is already {found['status']} "
+                        f"(job {existing}); ask again once it has ended"
+                    )
                 return found
-            # Its worker died or froze: close the job, or no build of this version runs for an hour.
-            found.update(status="failed", error="abandoned: its worker stopped renewing")
+            # Marked active, but neither queued nor held: written by an older version of this code
+            # or left by a partial restore. Close it rather than block the version for an hour.
+            found.update(status="failed", error="lost: neither queued nor held by a worker")
             found["updated_at"] = time.time()
             await store.put_job(found)
         await store.clear_active(version, existing)  # a stale marker (its job ended or expired)
     raise StoreUnavailable(f"could not queue a build of {version}")
-
-
-def _abandoned(job: dict[str, Any]) -> bool:
-    """A running job not renewed for two lock TTLs (its worker renews every third of one)."""
-    lease = job.get("lease_s")
-    return job["status"] == "running" and lease is not None and time.time() - job["updated_at"] > 2 * lease

@@ -15,9 +15,16 @@ from app.state.local import LocalStore
 from app.state.redis_store import RedisStore
 
 __all__ = ["FeatureStore", "LocalStore", "RedisStore", "make_store"]
+ALIAS_FILE = "aliases.json"  # in the index store: the record on one node, Redis's mirror with it
 
 
 def make_store(settings: Settings, on_error: Callable[[str], None] | None = None) -> FeatureStore:
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix, on_error)
-    return LocalStore(settings.data_dir, Path(settings.index_store) / "aliases.json").load()
+        return RedisStore(
+            settings.redis_url,
+            settings.redis_timeout_s,
+            settings.redis_prefix,
+            on_error,
+            alias_file=Path(settings.index_store) / ALIAS_FILE,
+        )
+    return LocalStore(settings.data_dir, Path(settings.index_store) / ALIAS_FILE).load()

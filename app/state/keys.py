@@ -43,6 +43,21 @@ class Keys:
     def queue(self) -> str:
         return f"{self.prefix}queue"
 
+    @property
+    def processing(self) -> str:
+        return f"{self.prefix}processing"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}leases"
+
+    @property
+    def owners(self) -> str:
+        return f"{self.prefix}owners"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}"
+
     def active(self, version: str) -> str:
         return f"{self.prefix}active:{version}"
 

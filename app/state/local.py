@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from app.catalog import iter_catalog_file, read_users
+from app.state.aliases import AliasFile
 from app.state.base import FeatureStore
 from app.state.locks import MemoryLocks
 
@@ -26,11 +27,14 @@ class LocalStore(FeatureStore):
     def __init__(self, data_dir: Path | None, alias_file: Path) -> None:
         self.data_dir = data_dir
         self.alias_file = alias_file
+        self._alias_record = AliasFile(alias_file)
         self.users: dict[str, dict[str, Any]] = {}
         self._aliases: dict[str, str] = {}
         self._jobs: dict[str, dict[str, Any]] = {}
         self._active: dict[str, str] = {}
         self._queue: deque[str] = deque()
+        self._leases: dict[str, tuple[float, str]] = {}  # job id -> (monotonic deadline, owner)
+        self._workers: dict[str, tuple[float, dict[str, Any]]] = {}
         self._locks = MemoryLocks()
 
     def load(self) -> LocalStore:
@@ -38,8 +42,7 @@ class LocalStore(FeatureStore):
             self.users = read_users(self.data_dir)
         elif self.data_dir is not None:
             log.warning("no data files in %s: every user is served cold", self.data_dir)
-        if self.alias_file.exists():
-            self._aliases = json.loads(self.alias_file.read_text())
+        self._aliases = self._alias_record.read() or {}
         return self
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
@@ -49,14 +52,17 @@ class LocalStore(FeatureStore):
         return dict(self._aliases)
 
     async def set_alias(self, alias: str, version: str) -> None:
-        self._aliases[alias] = version
-        self.alias_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.alias_file.parent, prefix=".aliases.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._aliases, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.alias_file)
+        # Durable first; the live copy changes only once the file is replaced.
+        _, after = await anyio.to_thread.run_sync(self._alias_record.update, lambda d: {**d, alias: version})
+        self._aliases = after
+
+    async def init_alias(self, alias: str, version: str) -> str:
+        def first(d: dict[str, str]) -> dict[str, str]:
+            return d if alias in d else {**d, alias: version}
+
+        _, after = await anyio.to_thread.run_sync(self._alias_record.update, first)
+        self._aliases = after
+        return after[alias]
 
     async def put_job(self, job: dict[str, Any]) -> None:
         self._jobs[job["job_id"]] = dict(job)
@@ -76,11 +82,61 @@ class LocalStore(FeatureStore):
         if self._active.get(version) == job_id:
             del self._active[version]
 
-    async def enqueue(self, job_id: str) -> None:
-        self._queue.append(job_id)
+    async def submit_job(self, job: dict[str, Any], active_ttl_s: float) -> str | None:
+        version = job["model_version"]
+        if version in self._active:
+            return self._active[version]
+        self._active[version] = job["job_id"]
+        self._jobs[job["job_id"]] = dict(job)
+        self._queue.append(job["job_id"])
+        return None
 
-    async def dequeue(self) -> str | None:
-        return self._queue.popleft() if self._queue else None
+    async def job_in_flight(self, job_id: str) -> bool:
+        return job_id in self._leases or job_id in self._queue
+
+    async def take_job(self, owner: str, lease_s: float) -> str | None:
+        if not self._queue:
+            return None
+        job_id = self._queue.popleft()
+        self._leases[job_id] = (time.monotonic() + lease_s, owner)
+        return job_id
+
+    def _owns(self, job_id: str, owner: str) -> bool:
+        return job_id in self._leases and self._leases[job_id][1] == owner
+
+    async def renew_job(self, job_id: str, owner: str, lease_s: float) -> bool:
+        if not self._owns(job_id, owner):
+            return False
+        self._leases[job_id] = (time.monotonic() + lease_s, owner)
+        return True
+
+    async def finish_job(self, job_id: str, owner: str) -> bool:
+        if not self._owns(job_id, owner):
+            return False
+        del self._leases[job_id]
+        return True
+
+    async def hand_back(self, job_id: str, owner: str) -> bool:
+        if not self._owns(job_id, owner):
+            return False
+        del self._leases[job_id]
+        self._queue.append(job_id)
+        return True
+
+    async def reap_jobs(self) -> list[str]:
+        now = time.monotonic()
+        expired = [j for j, (deadline, _) in self._leases.items() if deadline <= now]
+        for job_id in expired:
+            del self._leases[job_id]
+            self._queue.append(job_id)
+        return expired
+
+    async def put_worker(self, status: dict[str, Any], ttl_s: float) -> None:
+        self._workers[status["worker_id"]] = (time.monotonic() + ttl_s, dict(status))
+
+    async def workers(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [dict(s) for deadline, s in self._workers.values() if deadline > now]
 
     async def acquire_lock(self, version: str, token: str, ttl_s: float) -> bool:
         return self._locks.acquire(version, token)

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 
-from app.state import locks
+from app.state import locks, queue
+from app.state.aliases import AliasFile
 from app.state.base import FeatureStore, text
 from app.state.keys import JOB_TTL_S, Keys
 from models.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -27,7 +33,12 @@ class RedisStore(FeatureStore):
     kind = "redis"
 
     def __init__(
-        self, url: str, timeout_s: float, prefix: str = "tt:", on_error: Callable[[str], None] | None = None
+        self,
+        url: str,
+        timeout_s: float,
+        prefix: str = "tt:",
+        on_error: Callable[[str], None] | None = None,
+        alias_file: Path | None = None,
     ):
         self.url = url
         self.prefix = prefix
@@ -41,6 +52,9 @@ class RedisStore(FeatureStore):
             retry_on_timeout=False,
             health_check_interval=10,
         )
+        self.locks = locks.RedisLocks(self.client)
+        # The alias mirror beside the shared index store: what a Redis restarted empty is refilled from.
+        self.mirror = AliasFile(alias_file) if alias_file is not None else None
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -65,12 +79,69 @@ class RedisStore(FeatureStore):
         raw = await self._call("get_user", lambda: self.client.get(self.keys.user(user_id)))
         return json.loads(raw) if raw else None
 
-    async def aliases(self) -> dict[str, str]:
+    async def _hash_aliases(self) -> dict[str, str]:
         raw = await self._call("aliases", lambda: self.client.hgetall(self.keys.aliases))
         return {str(text(k)): str(text(v)) for k, v in raw.items()}
 
+    async def aliases(self) -> dict[str, str]:
+        found = await self._hash_aliases()
+        if found or self.mirror is None:
+            return found
+        # No alias in Redis: a first boot, or a Redis restarted empty. The mirror tells which.
+        recorded = await anyio.to_thread.run_sync(self.mirror.read)
+        if not recorded:
+            return found
+        flat = [x for pair in recorded.items() for x in pair]
+        restored = await self._call(
+            "aliases", lambda: self.client.eval(queue.RESTORE_ALIASES, 1, self.keys.aliases, *flat)
+        )
+        if restored:
+            log.warning("no alias in Redis: restored %s from %s", recorded, self.mirror.path)
+        return await self._hash_aliases()
+
     async def set_alias(self, alias: str, version: str) -> None:
-        await self._call("set_alias", lambda: self.client.hset(self.keys.aliases, alias, version))
+        if self.mirror is None:
+            await self._call("set_alias", lambda: self.client.hset(self.keys.aliases, alias, version))
+            return
+        mirror = self.mirror
+        live = await self.aliases()  # restores a Redis restarted empty before anything is changed
+
+        def change(d: dict[str, str]) -> dict[str, str]:
+            return {**(d or live), alias: version}
+
+        # Durable first, under the mirror's lock; then live in Redis. If Redis refuses, the mirror is
+        # put back, so that the request's 503 means nothing changed.
+        async with locks.file_lock_async(mirror.lock_path):
+            before = await anyio.to_thread.run_sync(mirror.read)
+            after = change(dict(before or {}))
+            await anyio.to_thread.run_sync(mirror.write, after)
+            try:
+                await self._call("set_alias", lambda: self.client.hset(self.keys.aliases, alias, version))
+            except StoreUnavailable:
+                if before is not None:
+                    await anyio.to_thread.run_sync(mirror.write, before)
+                raise
+
+    async def init_alias(self, alias: str, version: str) -> str:
+        recorded = None
+        if self.mirror is not None:
+            recorded = await anyio.to_thread.run_sync(self.mirror.read)
+        try:
+            live = await self.aliases()
+            if alias not in live and not (recorded and alias in recorded):
+                await self._call("init_alias", lambda: self.client.hsetnx(self.keys.aliases, alias, version))
+                live = await self._hash_aliases()  # another replica may have been first
+        except StoreUnavailable:
+            if recorded and alias in recorded:
+                return recorded[alias]  # Redis down: serve the recorded target, write nothing
+            raise
+        target = live.get(alias) or (recorded or {}).get(alias) or version
+        if self.mirror is not None and (recorded is None or alias not in recorded):
+            mirror = self.mirror
+            await anyio.to_thread.run_sync(
+                mirror.update, lambda d: {**live, **d, alias: d.get(alias, target)}
+            )
+        return target
 
     async def put_job(self, job: dict[str, Any]) -> None:
         await self._call(
@@ -93,25 +164,82 @@ class RedisStore(FeatureStore):
 
     async def clear_active(self, version: str, job_id: str) -> None:
         key = self.keys.active(version)
-        await self._call("clear_active", lambda: locks.release(self.client, key, job_id))
+        await self._call("clear_active", lambda: self.client.eval(queue.CLEAR_IF, 1, key, job_id))
 
-    async def enqueue(self, job_id: str) -> None:
-        await self._call("enqueue", lambda: self.client.rpush(self.keys.queue, job_id))
-
-    async def dequeue(self) -> str | None:
-        raw = await self._call("dequeue", lambda: self.client.lpop(self.keys.queue))
+    async def submit_job(self, job: dict[str, Any], active_ttl_s: float) -> str | None:
+        k = self.keys
+        keys = (k.active(job["model_version"]), k.job(job["job_id"]), k.queue)
+        args = (job["job_id"], json.dumps(job), int(active_ttl_s * 1000), JOB_TTL_S)
+        raw = await self._call("submit", lambda: self.client.eval(queue.SUBMIT, 3, *keys, *args))
         return text(raw)
+
+    async def job_in_flight(self, job_id: str) -> bool:
+        k = self.keys
+        found = await self._call(
+            "job", lambda: self.client.eval(queue.IN_FLIGHT, 2, k.queue, k.leases, job_id)
+        )
+        return bool(found)
+
+    async def take_job(self, owner: str, lease_s: float) -> str | None:
+        k, ms = self.keys, int(lease_s * 1000)
+        raw = await self._call(
+            "take_job",
+            lambda: self.client.eval(queue.TAKE, 4, k.queue, k.processing, k.leases, k.owners, ms, owner),
+        )
+        return text(raw)
+
+    async def renew_job(self, job_id: str, owner: str, lease_s: float) -> bool:
+        k, ms = self.keys, int(lease_s * 1000)
+        ok = await self._call(
+            "lease", lambda: self.client.eval(queue.RENEW, 2, k.leases, k.owners, job_id, owner, ms)
+        )
+        return bool(ok)
+
+    async def finish_job(self, job_id: str, owner: str) -> bool:
+        k = self.keys
+        ok = await self._call(
+            "lease",
+            lambda: self.client.eval(queue.FINISH, 3, k.processing, k.leases, k.owners, job_id, owner),
+        )
+        return bool(ok)
+
+    async def hand_back(self, job_id: str, owner: str) -> bool:
+        k = self.keys
+        keys = (k.queue, k.processing, k.leases, k.owners)
+        ok = await self._call("lease", lambda: self.client.eval(queue.HAND_BACK, 4, *keys, job_id, owner))
+        return bool(ok)
+
+    async def reap_jobs(self) -> list[str]:
+        k = self.keys
+        keys = (k.queue, k.processing, k.leases, k.owners)
+        raw = await self._call("reap", lambda: self.client.eval(queue.REAP, 4, *keys))
+        return [str(text(x)) for x in raw or []]
+
+    async def put_worker(self, status: dict[str, Any], ttl_s: float) -> None:
+        key = self.keys.worker(status["worker_id"])
+        await self._call("worker", lambda: self.client.set(key, json.dumps(status), px=int(ttl_s * 1000)))
+
+    async def workers(self) -> list[dict[str, Any]]:
+        async def scan() -> list[dict[str, Any]]:
+            out = []
+            async for key in self.client.scan_iter(self.keys.worker("*"), count=1000):
+                raw = await self.client.get(key)
+                if raw:
+                    out.append(json.loads(raw))
+            return out
+
+        return await self._call("workers", scan)
 
     async def acquire_lock(self, version: str, token: str, ttl_s: float) -> bool:
         key = self.keys.lock(version)
-        return await self._call("lock", lambda: locks.acquire(self.client, key, token, ttl_s))
+        return await self._call("lock", lambda: self.locks.acquire(key, token, ttl_s))
 
     async def renew_lock(self, version: str, token: str, ttl_s: float) -> bool:
         key = self.keys.lock(version)
-        return await self._call("lock", lambda: locks.renew(self.client, key, token, ttl_s))
+        return await self._call("lock", lambda: self.locks.renew(key, token))
 
     async def release_lock(self, version: str, token: str) -> None:
-        await self._call("lock", lambda: locks.release(self.client, self.keys.lock(version), token))
+        await self._call("lock", lambda: self.locks.release(self.keys.lock(version), token))
 
     async def set_active_build(self, version: str, build_id: str) -> None:
         await self._call("build", lambda: self.client.hset(self.keys.builds, version, build_id))

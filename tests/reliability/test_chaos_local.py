@@ -130,10 +130,18 @@ def test_build_child_dies_with_its_worker(
     srv.wait_ready()
     good = current_build(index_root, version)
     _, child = start_build(srv)
-    srv.send(signal.SIGKILL)  # the parent only, as an OOM kill of the API would
+    # The child stalled where it writes nothing to its worker (a stopped child stands for the index
+    # training or the file writes: an orphan there would never hit the closed pipe, and go on to
+    # publish); then its parent alone is killed, as an OOM kill of the API would.
+    child.send_signal(signal.SIGSTOP)
+    srv.send(signal.SIGKILL)
     srv.proc.wait()
     killed = time.monotonic()
-    wait_gone([child], timeout=10)
+    try:
+        wait_gone([child], timeout=10)
+    finally:
+        if child.is_running():
+            child.kill()  # an orphan: no fixture knows it
     gone_s = time.monotonic() - killed
     assert current_build(index_root, version) == good
     again: Server = spawn("serve", env, "api2", worker=True)
@@ -143,7 +151,8 @@ def test_build_child_dies_with_its_worker(
     again.wait_build(job["index_build"])
     assert_nothing_half_written(index_root)
     report(
-        "One node: the process running the worker SIGKILLed mid-build (its build child left alone)",
+        "One node: the process running the worker SIGKILLed mid-build while its build child was stalled "
+        "(SIGSTOP, standing for a phase that writes nothing to the worker)",
         "the build child dies with it; nothing half-written; the next build succeeds",
         f"build child gone {gone_s:.1f} s after its parent; CURRENT unchanged; after a restart the next "
         f"build ({N_BIG} items) succeeded and is served",

@@ -69,16 +69,6 @@ def job_of(rc: redis.Redis, job_id: str) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def new_job_id(api: Server, old: str, timeout: float = 30) -> str:
-    """POST /admin/reindex until it returns a job other than `old` (which it returns while `old` lives)."""
-    for _ in deadline_loop(timeout, f"a new job instead of {old}", step=0.2):
-        r = api.post("/admin/reindex", headers=ADMIN, json={})
-        assert r.status_code == 202, r.text
-        if r.json()["job_id"] != old:
-            return str(r.json()["job_id"])
-    raise AssertionError("unreachable")
-
-
 def test_worker_sigkilled_mid_build(
     tmp_path: Path,
     spawn: Callable[..., Any],

@@ -106,6 +106,8 @@ async def versions(service: ServiceDep) -> Versions:
         400: {"description": "body that cannot be parsed"},
         404: {"description": "unknown version"},
         409: {"description": "the version has no ready index"},
+        503: {"description": "the alias could not be recorded (store unreachable); nothing changed"},
+        507: {"description": "the index store's disk is full; nothing changed"},
     },
 )
 async def move_alias(alias: str, body: AliasRequest, service: ServiceDep) -> AliasResponse:

@@ -38,8 +38,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_visibility_timeout_hands_an_unrenewed_job_back(store: FeatureStore) -> None:
     job = await submit(store, "v1")
-    taken = await store.take_job("w1", LEASE_S)
-    assert taken == job["job_id"] and await store.take_job("w1", LEASE_S) is None
+    taken = job["job_id"]
+    assert await store.take_job("w1", LEASE_S) == taken
+    assert await store.take_job("w1", LEASE_S) is None
     assert await store.reap_jobs() == []  # the lease is live
     assert await store.job_in_flight(taken)
     await asyncio.sleep(LEASE_S + 0.2)

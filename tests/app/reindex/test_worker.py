@@ -4,7 +4,9 @@ children, the in-process store, a real Metrics registry."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def wait_ended(store: LocalStore, job_id: str, timeout: float = 60) -> dict[str, object]:
+async def wait_ended(store: LocalStore, job_id: str, timeout: float = 60) -> dict[str, Any]:
     for _ in range(int(timeout / 0.1)):
         job = await store.get_job(job_id)
         if job is not None and job["status"] in ("succeeded", "failed"):
@@ -32,7 +34,12 @@ async def wait_ended(store: LocalStore, job_id: str, timeout: float = 60) -> dic
     raise AssertionError(f"job {job_id} did not end")
 
 
-def worker_for(settings: Settings, store: LocalStore, metrics: Metrics, on_built=None) -> Worker:  # type: ignore[no-untyped-def]
+def worker_for(
+    settings: Settings,
+    store: LocalStore,
+    metrics: Metrics,
+    on_built: Callable[[str], Awaitable[None]] | None = None,
+) -> Worker:
     return Worker(settings, store, metrics, lambda: [], on_built)
 
 

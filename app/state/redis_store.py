@@ -126,16 +126,18 @@ class RedisStore(FeatureStore):
         recorded = None
         if self.mirror is not None:
             recorded = await anyio.to_thread.run_sync(self.mirror.read)
+        # The mirror's record wins over `version`: only where neither has one is `version` taken.
+        value = recorded[alias] if recorded and alias in recorded else version
         try:
             live = await self.aliases()
-            if alias not in live and not (recorded and alias in recorded):
-                await self._call("init_alias", lambda: self.client.hsetnx(self.keys.aliases, alias, version))
+            if alias not in live:
+                await self._call("init_alias", lambda: self.client.hsetnx(self.keys.aliases, alias, value))
                 live = await self._hash_aliases()  # another replica may have been first
         except StoreUnavailable:
             if recorded and alias in recorded:
                 return recorded[alias]  # Redis down: serve the recorded target, write nothing
             raise
-        target = live.get(alias) or (recorded or {}).get(alias) or version
+        target = live.get(alias, value)
         if self.mirror is not None and (recorded is None or alias not in recorded):
             mirror = self.mirror
             await anyio.to_thread.run_sync(

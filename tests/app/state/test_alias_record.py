@@ -35,6 +35,9 @@ async def test_redis_flushed_restores_from_the_mirror(redis_url: str, tmp_path: 
         rc.flushall()
         assert await store.init_alias("default", "v9") == "v1"  # the record wins over "the newest"
         assert rc.hget("tt:aliases", "default") == b"v1"
+        rc.hdel("tt:aliases", "default")  # lost from Redis alone (another alias still there)
+        assert await store.init_alias("default", "v9") == "v1"
+        assert rc.hgetall("tt:aliases") == {b"default": b"v1", b"canary": b"v2"}
     finally:
         rc.close()
         await store.close()

@@ -16,7 +16,13 @@ from app.state.load import load_into_redis
 from models.manifest import MANIFEST, list_versions
 from tests.conftest import RedisServer
 from tests.data import build_index
-from tests.reliability.chaos import LOCK_TTL_S, Cluster, assert_converged, assert_nothing_half_written
+from tests.reliability.chaos import (
+    LOCK_TTL_S,
+    NOT_NICE,
+    Cluster,
+    assert_converged,
+    assert_nothing_half_written,
+)
 from tests.reliability.conftest import GoodIndex, fill_disk
 from tests.reliability.procs import ADMIN, Load, Server, deadline_loop, fmt_counts, summary
 
@@ -51,6 +57,7 @@ def cluster(
     load_into_redis(own_redis.url, rel_data)
     env = {
         **base_env,
+        **NOT_NICE,
         "TWOTOWER_REDIS_URL": own_redis.url,
         "TWOTOWER_LOCK_TTL_S": str(LOCK_TTL_S),
         "TWOTOWER_MODEL_STORE": str(two_versions),
@@ -116,7 +123,7 @@ def test_disk_full_while_recording_an_alias(
 ) -> None:
     """Case 9: one node (no Redis), the index store's disk full when an alias is recorded."""
     shutil.copytree(good_index.root, tiny_disk, dirs_exist_ok=True)
-    env = {**base_env, "TWOTOWER_INDEX_STORE": str(tiny_disk)}
+    env = {**base_env, **NOT_NICE, "TWOTOWER_INDEX_STORE": str(tiny_disk)}
     srv: Server = spawn("serve", env, "api1")
     srv.wait_ready()
     record = tiny_disk / "aliases.json"

@@ -13,7 +13,7 @@ import pytest
 
 from app.state.load import load_into_redis
 from tests.conftest import RedisServer
-from tests.reliability.chaos import LOCK_TTL_S, Cluster, assert_converged, current_build
+from tests.reliability.chaos import LOCK_TTL_S, NOT_NICE, Cluster, assert_converged, current_build
 from tests.reliability.conftest import GoodIndex
 from tests.reliability.procs import ADMIN, deadline_loop
 
@@ -32,7 +32,8 @@ def cluster(
 ) -> Iterator[Cluster]:
     own_redis.start()
     load_into_redis(own_redis.url, rel_data)
-    env = {**base_env, "TWOTOWER_REDIS_URL": own_redis.url, "TWOTOWER_LOCK_TTL_S": str(LOCK_TTL_S)}
+    env = {**base_env, **NOT_NICE, "TWOTOWER_REDIS_URL": own_redis.url}
+    env["TWOTOWER_LOCK_TTL_S"] = str(LOCK_TTL_S)
     yield Cluster(own_redis, env, index_root, version, spawn)
 
 

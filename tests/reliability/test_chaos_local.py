@@ -18,7 +18,7 @@ import pytest
 
 from models.manifest import ModelManifest
 from tests.data import write_dataset
-from tests.reliability.chaos import assert_nothing_half_written, current_build
+from tests.reliability.chaos import NOT_NICE, assert_nothing_half_written, current_build
 from tests.reliability.procs import (
     ADMIN,
     ROOT,
@@ -80,7 +80,7 @@ def test_reindex_by_hand_waits_for_the_workers_build(
 ) -> None:
     """Case 10: `twotower reindex` started while the worker's build of the same version runs."""
     data = big_catalog(tmp_path, manifest, rel_data)
-    env = {**base_env, "TWOTOWER_DATA_DIR": str(data), "TWOTOWER_INDEX__BATCH_SIZE": "32"}
+    env = {**base_env, **NOT_NICE, "TWOTOWER_DATA_DIR": str(data), "TWOTOWER_INDEX__BATCH_SIZE": "32"}
     srv: Server = spawn("serve", env, "api", worker=True)
     srv.wait_ready()
     with Load(srv.url, [("/recall", {"user_id": "1", "k": 10})], threads=1) as load:
@@ -125,7 +125,7 @@ def test_build_child_dies_with_its_worker(
 ) -> None:
     """Case 10: the worker (here the API process that runs it) SIGKILLed mid-build, alone."""
     data = big_catalog(tmp_path, manifest, rel_data)
-    env = {**base_env, "TWOTOWER_DATA_DIR": str(data), "TWOTOWER_INDEX__BATCH_SIZE": "32"}
+    env = {**base_env, **NOT_NICE, "TWOTOWER_DATA_DIR": str(data), "TWOTOWER_INDEX__BATCH_SIZE": "32"}
     srv: Server = spawn("serve", env, "api1", worker=True)
     srv.wait_ready()
     good = current_build(index_root, version)
@@ -173,7 +173,7 @@ def test_shrunk_catalog_is_refused_without_override(
     shutil.copytree(rel_data, data)
     lines = (data / "items.jsonl").read_text().splitlines(keepends=True)
     (data / "items.jsonl").write_text("".join(lines[: len(lines) // 4]))  # 300 -> 75 items
-    env = {**base_env, "TWOTOWER_DATA_DIR": str(data)}
+    env = {**base_env, **NOT_NICE, "TWOTOWER_DATA_DIR": str(data)}
     good = current_build(index_root, version)
     by_hand = subprocess.run(
         [sys.executable, "-m", "app.cli", "reindex", "--model-version", version],

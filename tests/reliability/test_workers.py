@@ -23,6 +23,7 @@ from models.manifest import ModelManifest
 from tests.conftest import RedisServer
 from tests.data import write_dataset
 from tests.reliability.artifacts import current
+from tests.reliability.chaos import NOT_NICE
 from tests.reliability.conftest import GoodIndex
 from tests.reliability.procs import (
     ADMIN,
@@ -50,7 +51,8 @@ def rc(own_redis: RedisServer) -> Iterator[redis.Redis]:
 
 
 def env_for(base_env: dict[str, str], url: str, **extra: str) -> dict[str, str]:
-    return {**base_env, "TWOTOWER_REDIS_URL": url, "TWOTOWER_LOCK_TTL_S": str(LOCK_TTL_S), **extra}
+    env = {**base_env, **NOT_NICE, "TWOTOWER_REDIS_URL": url, "TWOTOWER_LOCK_TTL_S": str(LOCK_TTL_S)}
+    return {**env, **extra}
 
 
 def build_children(worker: Proc) -> list[psutil.Process]:

@@ -196,11 +196,14 @@ class Worker:
             else:
                 await self._end(job, "failed", error=error)
         except (StoreUnavailable, asyncio.CancelledError):
+            beat.cancel()
             if not ended:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._hand_back(job), self.settings.redis_timeout_s * 4)
             raise
         except Exception as exc:
+            beat.cancel()  # and wait: no heartbeat after the final status
+            await asyncio.wait([beat])
             if not ended:
                 ended = True
                 with contextlib.suppress(StoreUnavailable):

@@ -4,6 +4,7 @@ operator says otherwise. Real processes: `twotower serve` with its worker, `twot
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from app.reindex.build import BUILD_LOCK
 from models.manifest import ModelManifest
 from tests.data import write_dataset
 from tests.reliability.chaos import NOT_NICE, assert_nothing_half_written, current_build
@@ -57,13 +59,29 @@ def big_catalog(tmp_path: Path, manifest: ModelManifest, rel_data: Path) -> Path
     return data
 
 
-def start_build(srv: Server) -> tuple[str, psutil.Process]:
-    """POST /admin/reindex; returns the job id and its build child once it reports progress."""
+def flock_holders(path: Path) -> set[int]:
+    """Pids holding an flock on `path`, from /proc/locks (`N: FLOCK ADVISORY WRITE pid maj:min:inode ...`)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return set()
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    out = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if len(f) > 5 and f[1] == "FLOCK" and f[5] == inode:
+            out.add(int(f[4]))
+    return out
+
+
+def start_build(srv: Server, holding: Path | None = None) -> tuple[str, psutil.Process]:
+    """POST /admin/reindex and stop (SIGSTOP) its build child as soon as it is seen, or, with
+    `holding`, as soon as it holds an flock on that file; returns the job id and the child."""
     job_id = str(srv.post("/admin/reindex", headers=ADMIN, json={}).json()["job_id"])
-    for _ in deadline_loop(60, "the build to report progress", step=0.01):
-        job = srv.get(f"/admin/reindex/{job_id}", headers=ADMIN).json()
+    for _ in deadline_loop(60, "the build child" + (f" holding {holding}" if holding else ""), step=0.002):
         kids = build_children(srv)
-        if job["items"] > 0 and kids:
+        if kids and (holding is None or kids[0].pid in flock_holders(holding)):
+            kids[0].send_signal(signal.SIGSTOP)
             return job_id, kids[0]
     raise AssertionError("unreachable")
 
@@ -84,8 +102,8 @@ def test_reindex_by_hand_waits_for_the_workers_build(
     srv: Server = spawn("serve", env, "api", worker=True)
     srv.wait_ready()
     with Load(srv.url, [("/recall", {"user_id": "1", "k": 10})], threads=1) as load:
-        job_id, child = start_build(srv)
-        child.send_signal(signal.SIGSTOP)  # the worker's build holds still, mid-way
+        # The worker's build child holds still, mid-way, holding the version's build lock.
+        job_id, child = start_build(srv, holding=index_root / version / BUILD_LOCK)
         by_hand = Proc(["reindex", "--model-version", version], env, tmp_path / "by-hand.log")
         try:
             by_hand.wait_log("waiting for the build lock", timeout=60)
@@ -129,11 +147,10 @@ def test_build_child_dies_with_its_worker(
     srv: Server = spawn("serve", env, "api1", worker=True)
     srv.wait_ready()
     good = current_build(index_root, version)
-    _, child = start_build(srv)
     # The child stalled where it writes nothing to its worker (a stopped child stands for the index
     # training or the file writes: an orphan there would never hit the closed pipe, and go on to
     # publish); then its parent alone is killed, as an OOM kill of the API would.
-    child.send_signal(signal.SIGSTOP)
+    _, child = start_build(srv)
     srv.send(signal.SIGKILL)
     srv.proc.wait()
     killed = time.monotonic()

@@ -211,8 +211,8 @@ def hash_token(token: str, hash_size: int) -> int:
     return 1 + zlib.crc32(token.encode("utf-8", errors="surrogatepass")) % (hash_size - 1)
 
 
-def title_tokens(title: str) -> list[str]:
-    return _WORD.findall(title.lower())
+def word_tokens(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
 
 def _is_number(value: Any) -> bool:
@@ -343,7 +343,7 @@ class TowerEncoder:
         """Check names and types of client-sent features; returns a plain dict (None dropped).
 
         Raises FeatureError naming `where.<key>` for an unknown name or a wrong type, NaN or
-        infinity, a vector of the wrong length. Unknown *values* (a new occupation, an unseen
+        infinity, a vector of the wrong length. Unknown *values* (a new category, an unseen
         item in history) are not errors: they map to the out-of-vocabulary bucket.
         """
         allowed = self.tower.feature_names
@@ -420,7 +420,7 @@ class TowerEncoder:
                 out[spec.name] = _pad(seqs)
             else:  # hashed_words
                 seqs = [
-                    [hash_token(w, spec.hash_size) for w in title_tokens(v)[: spec.max_len]]
+                    [hash_token(w, spec.hash_size) for w in word_tokens(v)[: spec.max_len]]
                     if isinstance(v, str)
                     else []
                     for v in vals

@@ -81,10 +81,15 @@ class SchemaFile:
         return tuple(sorted(n for n in names if n not in self.vocab_files))
 
     def learn(self, users: Iterable[Mapping[str, Any]], items: Iterable[Mapping[str, Any]]) -> FeatureSchema:
-        """Learn the missing vocabularies (sorted distinct values of every field that uses one) and
-        the numeric statistics not given in the file, from user and item rows."""
+        """Learn the missing vocabularies (sorted distinct values of every field that uses one, and
+        its default) and the numeric statistics not given in the file, from user and item rows."""
         learn_vocab = set(self.learned_vocabularies)
         values: dict[str, set[str]] = {v: set() for v in learn_vocab}
+        for _, f in self.fields:
+            # a default is a value like any other: missing values are trained under it
+            if f.vocab in learn_vocab and f.default is not None:
+                default = f.default if isinstance(f.default, tuple) else (f.default,)
+                values[f.vocab].update(t for x in default if (t := _token(x)) is not None)
         numbers: dict[tuple[Side, str], list[float]] = {}
         for side, rows in (("user", users), ("item", items)):
             tower = self.tower(cast(Side, side))

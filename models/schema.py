@@ -179,7 +179,7 @@ class _Parser:
     def parse(self, raw: Mapping[str, Any]) -> SchemaFile:
         self.unknown(raw, _TOP, "")
         fmt = raw.get("format", FORMAT)
-        if fmt != FORMAT:
+        if type(fmt) is not int or fmt != FORMAT:  # `true == 1` in Python; not in a schema
             raise self.fail("format", f"unsupported format {fmt!r} (this version reads {FORMAT})")
         data = self.table(raw, "data")
         self.unknown(data, ("users", "items", "interactions"), "data")
@@ -197,7 +197,7 @@ class _Parser:
             inter_user=self.text(inter, "user", "interactions", d.inter_user),
             inter_item=self.text(inter, "item", "interactions", d.inter_item),
             timestamp=self.text(inter, "timestamp", "interactions", None) if "timestamp" in inter else None,
-            history=tuple(f.source for f in user.fields if f.from_interactions),
+            history=tuple(dict.fromkeys(f.source for f in user.fields if f.from_interactions)),
         )
         return SchemaFile(self.path, layout, user, item, dict(self.vocab_files))
 

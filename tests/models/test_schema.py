@@ -235,6 +235,7 @@ BAD = [
     ("max_len = 5\n", "", "user.fields.recent: missing parameter 'max_len'"),
     ('name = "weight"', 'name = "price"', "item.fields.price: duplicate field name"),
     ("format = 1", "format = 9", "format: unsupported format 9"),
+    ("format = 1", "format = true", "format: unsupported format True"),
     ("[data]", "[datas]", "datas: unknown table or key"),
     ('users = "customers"', 'user = "customers"', "data: unknown parameter 'user'"),
     ('id = "item_id"', "", "item.id: missing"),
@@ -287,3 +288,13 @@ def test_the_documented_example_loads_and_names_every_kind_and_parameter(tmp_pat
             assert f"`{p}`" in reference, (kind, p)
     for p in COMMON:
         assert f"`{p}`" in reference, p
+
+
+def test_history_fields_sharing_a_source_read_one_history(tmp_path: Path) -> None:
+    extra = '\n[[user.fields]]\nname = "recent_short"\nsource = "recent"\nkind = "sequence"\n'
+    extra += 'vocab = "item_id"\nmax_len = 2\nfrom_interactions = true\n'
+    text = FULL.replace("[item]\n", extra + "\n[item]\n", 1)
+    sf = load_schema(write(tmp_path, text))
+    assert sf.layout.history == ("recent",)
+    out = TowerEncoder(sf.learn(USERS, ITEMS), "user").encode([{"recent": ["i1", "i2", "i1"]}])
+    assert out["recent"].shape == (1, 3) and out["recent_short"].tolist() == [[2, 1]]

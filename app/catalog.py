@@ -1,12 +1,11 @@
 """The data files and the feature store as catalog sources: users with their history, items.
 
-Readers of the project's data format (users.jsonl, items.jsonl, interactions.csv), and the seeded
+Readers of the data tables (Parquet, CSV or JSON lines, through models/data.py), and the seeded
 user sample a build checks its recall on.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from collections.abc import Iterator
@@ -16,38 +15,19 @@ from typing import Any
 import redis
 
 from app.settings import Settings
-from models.data import iter_jsonl
-from models.errors import DataError
+from models.data import catalog_rows, has_table, iter_jsonl, user_rows
+from models.layout import DataLayout
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream a JSON-lines file of the project's data format (errors name file and line)."""
+    """Stream a JSON-lines file (errors name file and line)."""
     return (row for _, row in iter_jsonl(path))
 
 
-def read_users(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """users.jsonl + interactions.csv -> {user_id: features with `history` in time order}."""
-    users: dict[str, dict[str, Any]] = {}
-    for row in read_jsonl(data_dir / "users.jsonl"):
-        uid = str(row.pop("user_id"))
-        row["history"] = []
-        users[uid] = row
-    path = data_dir / "interactions.csv"
-    try:
-        f = open(path, encoding="utf-8", newline="")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: not found") from exc
-    events: list[tuple[float, str, str]] = []
-    with f:
-        for n, rec in enumerate(csv.DictReader(f), 2):
-            try:
-                events.append((float(rec["timestamp"]), rec["user_id"], rec["item_id"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{path}:{n}: bad row ({exc})") from exc
-    events.sort()
-    for _, uid, iid in events:
-        users.setdefault(uid, {"history": []})["history"].append(iid)
-    return users
+def read_users(data_dir: Path, layout: DataLayout | None = None) -> dict[str, dict[str, Any]]:
+    """The users table and the interactions (Parquet, CSV or JSON lines; see models/data.py) ->
+    {user_id: features with `history` in time order}."""
+    return user_rows(data_dir, layout)
 
 
 def sample_users(settings: Settings, limit: int) -> list[dict[str, Any]]:
@@ -64,14 +44,13 @@ def sample_users(settings: Settings, limit: int) -> list[dict[str, Any]]:
                     break
         finally:
             client.close()
-    elif settings.data_dir is not None and (Path(settings.data_dir) / "users.jsonl").exists():
+    elif settings.data_dir is not None and has_table(Path(settings.data_dir), DataLayout().users):
         rows = [{**f, "user_id": uid} for uid, f in read_users(Path(settings.data_dir)).items()]
     rows.sort(key=lambda r: str(r["user_id"]))
     random.Random(0).shuffle(rows)
     return rows[:limit]
 
 
-def iter_catalog_file(data_dir: Path) -> Iterator[dict[str, Any]]:
-    for row in read_jsonl(data_dir / "items.jsonl"):
-        row["item_id"] = str(row["item_id"])
-        yield row
+def iter_catalog_file(data_dir: Path, layout: DataLayout | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the items table (Parquet, CSV or JSON lines), ids as strings."""
+    return catalog_rows(data_dir, layout)

@@ -15,6 +15,8 @@ from app.catalog import iter_catalog_file, read_users
 from app.state.aliases import AliasFile
 from app.state.base import FeatureStore
 from app.state.locks import MemoryLocks
+from models.data import has_table
+from models.layout import DataLayout
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class LocalStore(FeatureStore):
         self._locks = MemoryLocks()
 
     def load(self) -> LocalStore:
-        if self.data_dir is not None and (self.data_dir / "users.jsonl").exists():
+        if self.data_dir is not None and has_table(self.data_dir, DataLayout().users):
             self.users = read_users(self.data_dir)
         elif self.data_dir is not None:
             log.warning("no data files in %s: every user is served cold", self.data_dir)

@@ -3,6 +3,7 @@
 TwoTowerError
 ├── FeatureError          a feature value or name does not fit the schema (client input)
 ├── DataError             a data file is missing or malformed (names file and row)
+├── SchemaError           a schema file is wrong (names file, field and problem)
 ├── ManifestError         a model or index manifest is missing a field or does not match
 ├── ArtifactError         a file is missing, truncated or fails its checksum
 ├── VersionExists         a model version tag is immutable once written
@@ -65,3 +66,13 @@ class BuildRefused(TwoTowerError):
 
 class StoreUnavailable(TwoTowerError):
     pass
+
+
+class SchemaError(TwoTowerError):
+    """A schema file is wrong: the message names the file, the field and the problem."""
+
+    def __init__(self, path: str, field: str, message: str) -> None:
+        super().__init__(f"{path}: {field}: {message}" if field else f"{path}: {message}")
+        self.path = path
+        self.field = field
+        self.message = message

@@ -24,7 +24,8 @@ from models.features import FeatureSchema
 MANIFEST = "manifest.json"
 USER_TOWER = "user_tower.onnx"
 ITEM_TOWER = "item_tower.onnx"
-FORMAT = 1
+FORMAT = 2  # 2: the resolved schema of any schema file (numeric, vector, defaults, filterable, layout)
+READABLE_FORMATS = (1, 2)  # 1: the MovieLens-only schema, a subset of 2
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUIRED = ("format", "version", "dim", "similarity", "features", "files")
 
@@ -90,7 +91,7 @@ class ModelManifest:
         missing = [k for k in REQUIRED if k not in raw]
         if missing:
             raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
-        if raw["format"] != FORMAT:
+        if raw["format"] not in READABLE_FORMATS:
             raise ManifestError(f"{where}: unsupported format {raw['format']!r}")
         if not isinstance(raw["dim"], int) or raw["dim"] <= 0:
             raise ManifestError(f"{where}: dim must be a positive integer, got {raw['dim']!r}")

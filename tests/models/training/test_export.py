@@ -14,9 +14,9 @@ pytestmark = pytest.mark.train
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from models.training import export as export_mod  # noqa: E402
 from models.data import load_dataset  # noqa: E402
 from models.errors import ArtifactError, VersionExists  # noqa: E402
+from models.training import export as export_mod  # noqa: E402
 from models.training.train import TrainConfig, prepare, real_rows, train_and_export, train_model  # noqa: E402
 
 TINY = TrainConfig(

@@ -118,7 +118,9 @@ def register_import(
         "every ONNX input against the schema (name, dtype, rank), the output dims, and finite vectors "
         "on sample rows synthesised from the schema. See docs/BRING_YOUR_MODEL.md.",
     )
-    p.add_argument("--schema", required=True, type=Path, help="the schema file (TOML) the towers were trained on")
+    p.add_argument(
+        "--schema", required=True, type=Path, help="the schema file (TOML) the towers were trained on"
+    )
     p.add_argument("--user-tower", required=True, type=Path, help="the user tower, ONNX")
     p.add_argument("--item-tower", required=True, type=Path, help="the item tower, ONNX")
     p.add_argument("--version", help="version tag (default: UTC timestamp); existing tags are refused")
@@ -129,7 +131,9 @@ def register_import(
         help="cosine: vectors L2-normalised by the service; dot: raw inner product (default: cosine)",
     )
     p.add_argument("--model-store", type=Path, help="default: TWOTOWER_MODEL_STORE")
-    p.add_argument("--sample-data", type=Path, help="a data directory whose rows are run through the towers too")
+    p.add_argument(
+        "--sample-data", type=Path, help="a data directory whose rows are run through the towers too"
+    )
     p.add_argument(
         "--allow-unused-fields",
         action="store_true",
@@ -151,7 +155,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 2
     try:
         schema = load_import_schema(args.schema)
-        extra = read_sample_rows(args.schema, schema, args.sample_data) if args.sample_data else None
+        extra = read_sample_rows(schema, args.sample_data) if args.sample_data else None
         imported = import_version(
             store,
             schema,

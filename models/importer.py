@@ -17,12 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 
-from models.errors import TowerRefused
+from models.data import iter_jsonl
+from models.errors import DataError, SchemaError, TowerRefused
 from models.features import FeatureSchema, FieldSpec, Side, TowerEncoder
 from models.manifest import (
     ITEM_TOWER,
@@ -33,6 +34,7 @@ from models.manifest import (
     write_version,
 )
 from models.runtime import TowerRunner
+from models.schema import load_schema
 
 SIMILARITIES = ("cosine", "dot")
 FILES: dict[Side, str] = {"user": USER_TOWER, "item": ITEM_TOWER}
@@ -108,6 +110,12 @@ def open_session(tower: TowerFile) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(tower.data, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own error types; the message must name the file
+        if "external data" in str(exc).lower():
+            # torch.onnx.export(dynamo=True) writes weights to <file>.data unless told otherwise.
+            raise TowerRefused(
+                f"{tower.path}: keeps its weights in an external data file; a tower must be one file: "
+                "export with torch.onnx.export(..., external_data=False)"
+            ) from exc
         raise TowerRefused(f"{tower.path}: not a loadable ONNX model ({_first_line(exc)})") from exc
 
 
@@ -115,17 +123,6 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= limit else line[:limit] + "…"
-
-
-def expected_width(spec: FieldSpec, schema: FeatureSchema) -> int | None:
-    """The fixed second axis a rank-2 input must have, or None when it varies per batch."""
-    if spec.kind == "multi_hot":
-        assert spec.vocab is not None
-        return len(schema.vocabularies[spec.vocab])
-    kind: str = spec.kind  # a str: the Kind literal gains kinds as the schema grows
-    if kind == "vector":
-        return int(getattr(spec, "dim", 0)) or None
-    return None  # sequence, hashed_words: padded to the longest row of each batch
 
 
 def signature_problems(
@@ -163,7 +160,7 @@ def signature_problems(
                 f"{what}: has a fixed batch axis of {shape[0]}; export it with a dynamic batch axis"
             )
         if spec.rank == 2 and isinstance(shape[1], int):
-            width = expected_width(spec, schema)
+            width = spec.width(schema.vocabularies)
             if width is None:
                 problems.append(
                     f"{what}: has a fixed length of {shape[1]}; the encoder pads each batch to its "
@@ -194,6 +191,51 @@ def signature_problems(
     return problems, declared, unused
 
 
+def load_import_schema(path: Path) -> FeatureSchema:
+    """The schema file, resolved from what it gives: an imported tower was trained elsewhere, so
+    nothing can be learned here. A vocabulary without `vocab_file` or a numeric field without
+    `mean`/`std` is refused, naming the field (identity is `mean = 0.0, std = 1.0`)."""
+    schema_file = load_schema(path)
+    for side, spec in schema_file.fields:
+        at = f"{side}.fields.{spec.name}"
+        if spec.vocab is not None and spec.vocab not in schema_file.vocab_files:
+            raise SchemaError(
+                str(path),
+                at,
+                f"vocabulary {spec.vocab!r} has no vocab_file: an imported tower's vocabulary must be "
+                "given (one value per line, line n = index n; index 0 is unknown)",
+            )
+        if spec.kind == "numeric" and spec.mean is None:
+            raise SchemaError(
+                str(path),
+                at,
+                "numeric field has no mean/std: give the normalisation the tower was trained with "
+                "(mean = 0.0, std = 1.0 feeds raw values)",
+            )
+    return schema_file.resolve()
+
+
+def read_sample_rows(
+    schema: FeatureSchema, data_dir: Path, limit: int = 256
+) -> dict[Side, list[dict[str, Any]]]:
+    """Up to `limit` users and items from a data directory (JSON lines, named by the schema's
+    `[data]` stems), to run through the towers besides the synthesised rows."""
+    out: dict[Side, list[dict[str, Any]]] = {}
+    for side, stem in (("user", schema.layout.users), ("item", schema.layout.items)):
+        path = Path(data_dir) / f"{stem}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: not found (--sample-data reads {stem}.jsonl)")
+        rows: list[dict[str, Any]] = []
+        for _, row in iter_jsonl(path):
+            rows.append(row)
+            if len(rows) >= limit:
+                break
+        if not rows:
+            raise DataError(f"{path}: no rows")
+        out[cast(Side, side)] = rows
+    return out
+
+
 def sample_rows(
     schema: FeatureSchema, side: Side, count: int = SAMPLE_ROWS, seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -217,29 +259,27 @@ def sample_rows(
 def _variants(spec: FieldSpec, schema: FeatureSchema, rng: random.Random) -> list[Any]:
     vocab = list(schema.vocabularies.get(spec.vocab, ())) if spec.vocab is not None else []
     known = vocab[:1] + vocab[-1:] if vocab else []
-    kind: str = spec.kind
-    if kind == "categorical":
+    if spec.kind == "categorical":
         return [*known, UNKNOWN, None]
-    if kind == "hashed":
+    if spec.kind == "hashed":
         return ["a", "some value 123", "", None]
-    if kind == "bucket":
+    if spec.kind == "bucket":
         b = list(spec.boundaries) or [0.0]
         return [b[0] - 1.0, b[-1] + 1.0, (b[0] + b[-1]) / 2, b[0], None]
-    if kind == "numeric":
-        mean = float(getattr(spec, "mean", None) or 0.0)
-        std = float(getattr(spec, "std", None) or 1.0)
+    if spec.kind == "numeric":
+        mean, std = spec.mean or 0.0, spec.std or 1.0
+        if spec.log:  # raw values are log1p'd: the same points, mapped back, and above -1
+            return [0.0, math.expm1(mean), math.expm1(mean + 3 * std), None]
         return [mean, mean + 3 * std, mean - 3 * std, 0.0, None]
-    if kind == "vector":
-        dim = int(getattr(spec, "dim", 0)) or 1
+    if spec.kind == "vector":
+        dim = spec.dim
         return [[rng.gauss(0.0, 1.0) for _ in range(dim)], [0.0] * dim, [3.0] * dim, None]
-    if kind == "multi_hot":
+    if spec.kind == "multi_hot":
         return [[], known[:1], [*known, UNKNOWN], vocab, None]
-    if kind == "sequence":
+    if spec.kind == "sequence":
         long = [vocab[i % len(vocab)] for i in range(spec.max_len + 3)] if vocab else [UNKNOWN]
         return [[], known[:1], long, [UNKNOWN, *known], None]
-    if kind == "hashed_words":
-        return ["", "Two Words", " ".join(f"w{i}" for i in range(spec.max_len + 3)), None]
-    return [None]  # a kind this importer does not know: missing is the one safe value
+    return ["", "Two Words", " ".join(f"w{i}" for i in range(spec.max_len + 3)), None]  # hashed_words
 
 
 def _describe(row: Mapping[str, Any]) -> str:

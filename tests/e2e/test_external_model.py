@@ -275,10 +275,12 @@ def torch_vectors(module: nn.Module, encoder: TowerEncoder, rows: list[dict[str,
 # --- the good pair, end to end -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("similarity", ["dot", "cosine"])
-def test_import_reindex_serve(similarity: str, work: Path, towers: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("similarity", "kind"), [("dot", "exact"), ("dot", "ivf"), ("cosine", "exact")])
+def test_import_reindex_serve(
+    similarity: str, kind: str, work: Path, towers: dict[str, Any], tmp_path: Path
+) -> None:
     store, index = tmp_path / "models", tmp_path / "index"
-    tag = f"ext-{similarity}"
+    tag = f"ext-{similarity}-{kind}"
     out = cli(
         *import_cmd(work, store, towers["user_path"], towers["item_path"]),
         "--version",
@@ -296,9 +298,18 @@ def test_import_reindex_serve(similarity: str, work: Path, towers: dict[str, Any
         "TWOTOWER_MODEL_STORE": str(store),
         "TWOTOWER_INDEX_STORE": str(index),
         "TWOTOWER_DATA_DIR": str(work / "data"),
+        "TWOTOWER_INDEX__EXACT_THRESHOLD": "0" if kind == "ivf" else "1000",
     }
     out = cli("reindex", "--model-version", tag, env=env)
     assert out.returncode == 0, out.stderr
+    build = json.loads(
+        (
+            index / tag / json.loads((index / tag / "CURRENT").read_text())["build_id"] / "manifest.json"
+        ).read_text()
+    )
+    assert (build["index"]["kind"], build["similarity"]) == (kind, similarity)
+    if kind == "ivf":
+        assert build["recall"]["met"] and set(build["recall"]["mips_variants"]) == {"raw", "mips_augmented"}
 
     settings = Settings(
         model_store=store,
@@ -347,8 +358,13 @@ def test_import_reindex_serve(similarity: str, work: Path, towers: dict[str, Any
     cosine = dot / norms / np.linalg.norm(user)
     want = dot if similarity == "dot" else cosine
     top = np.argsort(-want, kind="stable")[:20]
-    assert [i for i, _ in recalled] == [catalog[j]["item_id"] for j in top]
-    np.testing.assert_allclose([s for _, s in recalled], want[top], rtol=1e-4, atol=1e-4)
+    row = {it["item_id"]: j for j, it in enumerate(catalog)}
+    got = [row[i] for i, _ in recalled]
+    np.testing.assert_allclose([s for _, s in recalled], want[got], rtol=1e-4, atol=1e-4)
+    if kind == "exact":
+        assert got == top.tolist()
+    else:  # an IVF index over the MIPS-augmented vectors, tuned to the 0.95 floor
+        assert len(set(got) & set(top.tolist())) >= 18
     # The test can fail: item norms differ ~20x, so the two rankings share few of their top 20.
     assert norms.max() / norms.min() > 10
     assert len(set(np.argsort(-dot)[:20]) & set(np.argsort(-cosine)[:20])) < 15

@@ -8,7 +8,6 @@ route can answer 503, and the service keeps serving what does not need the store
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import logging
 import os
@@ -24,8 +23,9 @@ import redis
 import redis.asyncio as aioredis
 
 from app.settings import Settings
-from models.data import iter_jsonl
-from models.errors import DataError, StoreUnavailable
+from models.data import catalog_rows, has_table, iter_jsonl, user_rows
+from models.errors import StoreUnavailable
+from models.layout import DataLayout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,33 +47,14 @@ def _text(raw: Any) -> str | None:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream a JSON-lines file of the project's data format (errors name file and line)."""
+    """Stream a JSON-lines file (errors name file and line)."""
     return (row for _, row in iter_jsonl(path))
 
 
-def read_users(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """users.jsonl + interactions.csv -> {user_id: features with `history` in time order}."""
-    users: dict[str, dict[str, Any]] = {}
-    for row in read_jsonl(data_dir / "users.jsonl"):
-        uid = str(row.pop("user_id"))
-        row["history"] = []
-        users[uid] = row
-    path = data_dir / "interactions.csv"
-    try:
-        f = open(path, encoding="utf-8", newline="")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: not found") from exc
-    events: list[tuple[float, str, str]] = []
-    with f:
-        for n, rec in enumerate(csv.DictReader(f), 2):
-            try:
-                events.append((float(rec["timestamp"]), rec["user_id"], rec["item_id"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{path}:{n}: bad row ({exc})") from exc
-    events.sort()
-    for _, uid, iid in events:
-        users.setdefault(uid, {"history": []})["history"].append(iid)
-    return users
+def read_users(data_dir: Path, layout: DataLayout | None = None) -> dict[str, dict[str, Any]]:
+    """The users table and the interactions (Parquet, CSV or JSON lines; see models/data.py) ->
+    {user_id: features with `history` in time order}."""
+    return user_rows(data_dir, layout)
 
 
 def sample_users(settings: Settings, limit: int) -> list[dict[str, Any]]:
@@ -90,17 +71,16 @@ def sample_users(settings: Settings, limit: int) -> list[dict[str, Any]]:
                     break
         finally:
             client.close()
-    elif settings.data_dir is not None and (Path(settings.data_dir) / "users.jsonl").exists():
+    elif settings.data_dir is not None and has_table(Path(settings.data_dir), DataLayout().users):
         rows = [{**f, "user_id": uid} for uid, f in read_users(Path(settings.data_dir)).items()]
     rows.sort(key=lambda r: str(r["user_id"]))
     random.Random(0).shuffle(rows)
     return rows[:limit]
 
 
-def iter_catalog_file(data_dir: Path) -> Iterator[dict[str, Any]]:
-    for row in read_jsonl(data_dir / "items.jsonl"):
-        row["item_id"] = str(row["item_id"])
-        yield row
+def iter_catalog_file(data_dir: Path, layout: DataLayout | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the items table (Parquet, CSV or JSON lines), ids as strings."""
+    return catalog_rows(data_dir, layout)
 
 
 class FeatureStore(ABC):
@@ -175,7 +155,7 @@ class LocalStore(FeatureStore):
         self._locks: dict[str, str] = {}
 
     def load(self) -> LocalStore:
-        if self.data_dir is not None and (self.data_dir / "users.jsonl").exists():
+        if self.data_dir is not None and has_table(self.data_dir, DataLayout().users):
             self.users = read_users(self.data_dir)
         elif self.data_dir is not None:
             log.warning("no data files in %s: every user is served cold", self.data_dir)

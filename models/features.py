@@ -203,46 +203,6 @@ class FeatureSchema:
         return schema
 
 
-def default_schema(
-    vocabularies: Mapping[str, Sequence[str]],
-    history_len: int = 50,
-    title_hash_size: int = 20_000,
-    title_words: int = 12,
-    zip_hash_size: int = 1_000,
-) -> FeatureSchema:
-    """The MovieLens feature set; examples/movielens/schema.toml replaces it. `vocabularies` needs
-    user_id, item_id, gender, occupation and genre."""
-    user = TowerSchema(
-        side="user",
-        id_field="user_id",
-        fields=(
-            FieldSpec("user_id", "categorical", "user_id", vocab="user_id"),
-            FieldSpec("age", "bucket", "age", boundaries=(18, 25, 35, 45, 50, 56)),
-            FieldSpec("gender", "categorical", "gender", vocab="gender"),
-            FieldSpec("occupation", "categorical", "occupation", vocab="occupation"),
-            FieldSpec("zip", "hashed", "zip", hash_size=zip_hash_size, prefix=3),
-            FieldSpec("history", "sequence", "history", vocab="item_id", max_len=history_len),
-        ),
-    )
-    item = TowerSchema(
-        side="item",
-        id_field="item_id",
-        fields=(
-            FieldSpec("item_id", "categorical", "item_id", vocab="item_id"),
-            FieldSpec("genres", "multi_hot", "genres", vocab="genre"),
-            FieldSpec(
-                "release_year",
-                "bucket",
-                "release_year",
-                boundaries=(1930, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998),
-            ),
-            FieldSpec("title", "hashed_words", "title", hash_size=title_hash_size, max_len=title_words),
-        ),
-    )
-    vocabs = {k: tuple(str(x) for x in v) for k, v in vocabularies.items()}
-    return FeatureSchema(user=user, item=item, vocabularies=vocabs)
-
-
 def hash_token(token: str, hash_size: int) -> int:
     """Stable across processes and platforms (Python's hash() is salted per process).
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from models.errors import ArtifactError, ManifestError, VersionExists
-from models.features import default_schema
 from models.manifest import (
     ITEM_TOWER,
     MANIFEST,
@@ -19,8 +18,9 @@ from models.manifest import (
     load_version,
     write_version,
 )
+from models.schema import load_schema
 
-SCHEMA = default_schema(
+SCHEMA = load_schema(Path(__file__).resolve().parents[2] / "examples" / "movielens" / "schema.toml").resolve(
     {"user_id": ["1"], "item_id": ["10"], "gender": ["F"], "occupation": ["x"], "genre": ["Drama"]}
 )
 

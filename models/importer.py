@@ -11,18 +11,19 @@ tower file and the input or row at fault; nothing reaches the model store unless
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from models.data import iter_jsonl
+from models.data import catalog_rows, user_rows
 from models.errors import DataError, SchemaError, TowerRefused
 from models.features import FeatureSchema, FieldSpec, Side, TowerEncoder
 from models.manifest import (
@@ -218,22 +219,18 @@ def load_import_schema(path: Path) -> FeatureSchema:
 def read_sample_rows(
     schema: FeatureSchema, data_dir: Path, limit: int = 256
 ) -> dict[Side, list[dict[str, Any]]]:
-    """Up to `limit` users and items from a data directory (JSON lines, named by the schema's
-    `[data]` stems), to run through the towers besides the synthesised rows."""
-    out: dict[Side, list[dict[str, Any]]] = {}
-    for side, stem in (("user", schema.layout.users), ("item", schema.layout.items)):
-        path = Path(data_dir) / f"{stem}.jsonl"
-        if not path.is_file():
-            raise DataError(f"{path}: not found (--sample-data reads {stem}.jsonl)")
-        rows: list[dict[str, Any]] = []
-        for _, row in iter_jsonl(path):
-            rows.append(row)
-            if len(rows) >= limit:
-                break
+    """Up to `limit` users (with their histories) and items of a data directory, read as the
+    schema's `[data]` describes them (Parquet, CSV or JSON lines), to run besides the samples."""
+    layout = schema.layout
+    users = [
+        {**row, layout.user_id: uid}
+        for uid, row in itertools.islice(user_rows(data_dir, schema=schema).items(), limit)
+    ]
+    items = list(itertools.islice(catalog_rows(data_dir, schema=schema), limit))
+    for side, rows in (("user", users), ("item", items)):
         if not rows:
-            raise DataError(f"{path}: no rows")
-        out[cast(Side, side)] = rows
-    return out
+            raise DataError(f"{data_dir}: no {side} rows for --sample-data")
+    return {"user": users, "item": items}
 
 
 def sample_rows(

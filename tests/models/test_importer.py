@@ -56,6 +56,7 @@ name = "history"
 kind = "sequence"
 vocab = "item_id"
 max_len = 3
+from_interactions = true
 
 [item]
 id = "item_id"
@@ -392,13 +393,21 @@ def test_numeric_without_statistics_is_refused(schema_path: Path) -> None:
 def test_sample_data_rows_run_too(tmp_path: Path, schema: FeatureSchema) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / "users.jsonl").write_text('{"user_id": "u2", "age": 33, "history": ["i1"]}\n')
+    (data / "users.jsonl").write_text('{"user_id": "u2", "age": 33}\n')
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu2,i1,1\nu2,i4,2\n")
     (data / "items.jsonl").write_text(
-        '{"item_id": "i9", "tags": ["a"], "emb": [1, 2, 3], "year": 1995}\n' * 2
+        "".join(
+            json.dumps(
+                {"item_id": i, "tags": ["a"], "emb": [1, 2, 3], "year": 1995, "title": "Red", "zone": "z"}
+            )
+            + "\n"
+            for i in ("i8", "i9")
+        )
     )
-    user = write(tmp_path, "u.onnx", tower(USER, body="gather"))  # fails past user index 2: u2 is 2
+    user = write(tmp_path, "u.onnx", tower(USER, body="gather"))  # a 3-row table: u3 (index 3) fails
     item = write(tmp_path, "i.onnx", tower(ITEM))
     extra = read_sample_rows(schema, data)
+    assert extra["user"] == [{"user_id": "u2", "age": 33.0, "history": ["i1", "i4"]}]
     checks = check_towers(
         schema,
         TowerFile.read("user", write(tmp_path, "ok.onnx", tower(USER))),

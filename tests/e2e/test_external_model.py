@@ -2,8 +2,10 @@
 exported by this test, imported with the real CLI, indexed, served and scored.
 
 The towers take the encoded inputs of the schema below (categorical, numeric, vector, multi_hot,
-sequence). The item tower scales each item's vector by a learned per-item factor, so norms differ
-by ~20x and a dot ranking differs from a cosine one: the dot run proves nothing normalises on the way.
+sequence). It comes twice: with its own names for the ids ("customer", "sku") and the history
+("purchases"), and with the default names the service's data readers use.
+The item tower scales each item's vector by a learned per-item factor, so norms differ by ~20x and
+a dot ranking differs from a cosine one: the dot run proves nothing normalises on the way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from torch import nn  # noqa: E402
 
 from app.main import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from index_store.build import IndexConfig  # noqa: E402
+from index_store.store import IndexStore  # noqa: E402
 from models.features import TowerEncoder  # noqa: E402
 from models.manifest import list_versions, load_version  # noqa: E402
 
@@ -38,16 +42,21 @@ DIM = 16
 N_USERS, N_ITEMS, TAGS = 12, 150, ["new", "sale", "eco", "kids", "pro"]
 EMB = 8
 
-SCHEMA = """
+SCHEMA_OWN = """
 format = 1
 
+[interactions]
+user = "customer"
+item = "sku"
+timestamp = "timestamp"
+
 [user]
-id = "user_id"
+id = "customer"
 
 [[user.fields]]
-name = "user_id"
+name = "customer"
 kind = "categorical"
-vocab_file = "vocab/user_id.txt"
+vocab_file = "vocab/customers.txt"
 
 [[user.fields]]
 name = "age"
@@ -56,19 +65,19 @@ mean = 40.0
 std = 12.0
 
 [[user.fields]]
-name = "history"
+name = "purchases"
 kind = "sequence"
-vocab = "item_id"
+vocab = "sku"
 max_len = 6
 from_interactions = true
 
 [item]
-id = "item_id"
+id = "sku"
 
 [[item.fields]]
-name = "item_id"
+name = "sku"
 kind = "categorical"
-vocab_file = "vocab/item_id.txt"
+vocab_file = "vocab/skus.txt"
 
 [[item.fields]]
 name = "price"
@@ -88,6 +97,16 @@ kind = "multi_hot"
 vocab_file = "vocab/tags.txt"
 """
 
+# The same schema under the default names: the data files and the service's stores use these.
+RENAME = {"customer": "user_id", "sku": "item_id", "purchases": "history"}
+SCHEMA = SCHEMA_OWN.replace("customers.txt", "user_id.txt").replace("skus.txt", "item_id.txt")
+for _own, _default in RENAME.items():
+    SCHEMA = SCHEMA.replace(f'"{_own}"', f'"{_default}"')
+
+
+def default_names(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {RENAME.get(k, k): v for k, v in inputs.items()}
+
 
 # --- the towers: plain nn.Modules over the encoded inputs ----------------------------------------
 
@@ -99,8 +118,8 @@ class UserTower(nn.Module):
         self.age = nn.Linear(1, dim)
         self.history = nn.Embedding(N_ITEMS + 1, dim, padding_idx=0)  # padding adds nothing to the sum
 
-    def forward(self, user_id: Any, age: Any, history: Any) -> Any:
-        return self.user(user_id) + self.age(age.unsqueeze(1)) + self.history(history).sum(1)
+    def forward(self, customer: Any, age: Any, purchases: Any) -> Any:
+        return self.user(customer) + self.age(age.unsqueeze(1)) + self.history(purchases).sum(1)
 
 
 class ItemTower(nn.Module):
@@ -113,48 +132,48 @@ class ItemTower(nn.Module):
         self.scale = nn.Embedding(N_ITEMS + 1, 1)  # log-norm per item: norms differ, dot != cosine
         nn.init.normal_(self.scale.weight, std=1.0)
 
-    def forward(self, item_id: Any, price: Any, text_emb: Any, tags: Any) -> Any:
-        x = self.item(item_id) + self.price(price.unsqueeze(1)) + self.text(text_emb) + self.tags(tags)
+    def forward(self, sku: Any, price: Any, text_emb: Any, tags: Any) -> Any:
+        x = self.item(sku) + self.price(price.unsqueeze(1)) + self.text(text_emb) + self.tags(tags)
         x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
-        return x * self.scale(item_id).exp()
+        return x * self.scale(sku).exp()
 
 
 # Mismatched towers: each breaks one rule of the import contract.
 
 
 class UserInt32(UserTower):
-    def forward(self, user_id: Any, age: Any, history: Any) -> Any:
-        return super().forward(user_id.long(), age, history)
+    def forward(self, customer: Any, age: Any, purchases: Any) -> Any:
+        return super().forward(customer.long(), age, purchases)
 
 
 class UserNaN(UserTower):
-    def forward(self, user_id: Any, age: Any, history: Any) -> Any:
-        out = super().forward(user_id, age, history)
+    def forward(self, customer: Any, age: Any, purchases: Any) -> Any:
+        out = super().forward(customer, age, purchases)
         return out * 0.0 / (age - age).unsqueeze(1)  # 0/0: NaN for every row
 
 
 class ItemWrongName(ItemTower):
-    def forward(self, item_id: Any, cost: Any, text_emb: Any, tags: Any) -> Any:
-        return super().forward(item_id, cost, text_emb, tags)
+    def forward(self, sku: Any, cost: Any, text_emb: Any, tags: Any) -> Any:
+        return super().forward(sku, cost, text_emb, tags)
 
 
 class ItemRank2(ItemTower):
-    def forward(self, item_id: Any, price: Any, text_emb: Any, tags: Any) -> Any:
-        return super().forward(item_id, price[:, 0], text_emb, tags)
+    def forward(self, sku: Any, price: Any, text_emb: Any, tags: Any) -> Any:
+        return super().forward(sku, price[:, 0], text_emb, tags)
 
 
 class ItemNoTags(ItemTower):
-    def forward(self, item_id: Any, price: Any, text_emb: Any) -> Any:
-        return super().forward(item_id, price, text_emb, torch.zeros(item_id.shape[0], len(TAGS)))
+    def forward(self, sku: Any, price: Any, text_emb: Any) -> Any:
+        return super().forward(sku, price, text_emb, torch.zeros(sku.shape[0], len(TAGS)))
 
 
 def export(module: nn.Module, path: Path, inputs: dict[str, Any], lists: tuple[str, ...] = ()) -> Path:
     """torch.onnx.export with the dynamo exporter: a dynamic batch axis, dynamic lengths for lists."""
     batch = torch.export.Dim("batch")
-    shapes = {
-        name: ({0: batch, 1: torch.export.Dim(f"{name}_len")} if name in lists else {0: batch})
-        for name in inputs
-    }
+    # Positional: the ONNX input names come from `inputs`, whatever forward() calls its parameters.
+    shapes = tuple(
+        {0: batch, 1: torch.export.Dim(f"{name}_len")} if name in lists else {0: batch} for name in inputs
+    )
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -172,21 +191,23 @@ def export(module: nn.Module, path: Path, inputs: dict[str, Any], lists: tuple[s
     return path
 
 
-def user_inputs(n: int = 3, id_dtype: Any = None) -> dict[str, Any]:
-    return {
-        "user_id": torch.arange(1, n + 1, dtype=id_dtype or torch.int64),
+def user_inputs(n: int = 3, id_dtype: Any = None, own: bool = False) -> dict[str, Any]:
+    inputs = {
+        "customer": torch.arange(1, n + 1, dtype=id_dtype or torch.int64),
         "age": torch.linspace(-1, 1, n),
-        "history": torch.tensor([[1, 2, 0], [3, 0, 0], [4, 5, 6]][:n]),
+        "purchases": torch.tensor([[1, 2, 0], [3, 0, 0], [4, 5, 6]][:n]),
     }
+    return inputs if own else default_names(inputs)
 
 
-def item_inputs(n: int = 3) -> dict[str, Any]:
-    return {
-        "item_id": torch.arange(1, n + 1),
+def item_inputs(n: int = 3, own: bool = False) -> dict[str, Any]:
+    inputs = {
+        "sku": torch.arange(1, n + 1),
         "price": torch.linspace(-1, 1, n),
         "text_emb": torch.randn(n, EMB),
         "tags": torch.zeros(n, len(TAGS)),
     }
+    return inputs if own else default_names(inputs)
 
 
 # --- files: the schema with its vocabularies, a catalog, users ----------------------------------
@@ -197,10 +218,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("external")
     (root / "vocab").mkdir()
     (root / "schema.toml").write_text(SCHEMA)
+    (root / "schema_own.toml").write_text(SCHEMA_OWN)
     users = [f"u{i}" for i in range(1, N_USERS + 1)]
     items = [f"i{i}" for i in range(1, N_ITEMS + 1)]
-    (root / "vocab" / "user_id.txt").write_text("\n".join(users) + "\n")
-    (root / "vocab" / "item_id.txt").write_text("\n".join(items) + "\n")
+    for name in ("customers.txt", "user_id.txt"):
+        (root / "vocab" / name).write_text("\n".join(users) + "\n")
+    for name in ("skus.txt", "item_id.txt"):
+        (root / "vocab" / name).write_text("\n".join(items) + "\n")
     (root / "vocab" / "tags.txt").write_text("\n".join(TAGS) + "\n")
     rng = random.Random(0)
     data = root / "data"
@@ -234,6 +258,9 @@ def towers(work: Path) -> dict[str, Any]:
     out.mkdir()
     export(user, out / "user.onnx", user_inputs(), lists=("history",))
     export(item, out / "item.onnx", item_inputs())
+    # The same towers under the schema's own names (schema_own.toml).
+    export(user, out / "user_own.onnx", user_inputs(own=True), lists=("purchases",))
+    export(item, out / "item_own.onnx", item_inputs(own=True))
     return {"user": user, "item": item, "user_path": out / "user.onnx", "item_path": out / "item.onnx"}
 
 
@@ -248,11 +275,13 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def import_cmd(work: Path, store: Path, user: Path, item: Path, *extra: str) -> list[str]:
+def import_cmd(
+    work: Path, store: Path, user: Path, item: Path, *extra: str, schema: str = "schema.toml"
+) -> list[str]:
     return [
         "import",
         "--schema",
-        str(work / "schema.toml"),
+        str(work / schema),
         "--user-tower",
         str(user),
         "--item-tower",
@@ -266,7 +295,7 @@ def import_cmd(work: Path, store: Path, user: Path, item: Path, *extra: str) -> 
 def torch_vectors(module: nn.Module, encoder: TowerEncoder, rows: list[dict[str, Any]]) -> np.ndarray:
     """The tower's own answer, from PyTorch: the reference the served scores are held to."""
     arrays = encoder.encode(rows)
-    names = list(module.forward.__code__.co_varnames[1 : module.forward.__code__.co_argcount])
+    names = [f.name for f in encoder.tower.fields]  # schema order = forward()'s parameter order
     with torch.no_grad():
         out = module(*(torch.from_numpy(arrays[n]) for n in names))
     return np.asarray(out.numpy(), dtype=np.float64)
@@ -319,8 +348,9 @@ def test_import_reindex_serve(
         worker=False,
         shutdown_drain_s=0,
     )
-    user_row = {"user_id": "u3", "age": 29, "history": ["i4", "i9", "i17"]}
-    features = {"age": 29, "history": ["i4", "i9", "i17"]}
+    bought = ["i4", "i9", "i17"]
+    user_row = {"user_id": "u3", "age": 29, "history": bought}
+    features = {"age": 29, "history": bought}
     with TestClient(create_app(settings)) as client:
         r = client.post(
             "/recall",
@@ -345,6 +375,10 @@ def test_import_reindex_serve(
         )
         assert r.status_code == 200, r.text
         scored = [s["score"] for s in r.json()["scores"]]
+        # The stored user (features and purchases from the data files, under the schema's names):
+        # the same vector as the one sent, and the purchases are not recalled by default.
+        r = client.post("/recall", json={"user_id": "u3", "k": 20, "model_version": tag})
+        stored = [it["item_id"] for it in r.json()["items"]]
     assert len(recalled) == 20
     for (item, recall_score), score in zip(recalled, scored, strict=True):
         assert score == pytest.approx(recall_score, abs=1e-4), item
@@ -363,6 +397,14 @@ def test_import_reindex_serve(
     np.testing.assert_allclose([s for _, s in recalled], want[got], rtol=1e-4, atol=1e-4)
     if kind == "exact":
         assert got == top.tolist()
+        users = [json.loads(line) for line in (work / "data" / "users.jsonl").read_text().splitlines()]
+        events = (work / "data" / "interactions.csv").read_text().splitlines()[1:]
+        history = [line.split(",")[1] for line in events if line.startswith("u3,")]
+        stored_row = {**next(u for u in users if u["user_id"] == "u3"), "history": history}
+        u3 = torch_vectors(towers["user"], TowerEncoder(manifest.features, "user"), [stored_row])[0]
+        s3 = items @ u3 if similarity == "dot" else items @ u3 / norms  # |u3| does not change the order
+        ranked = [catalog[j]["item_id"] for j in np.argsort(-s3, kind="stable")]
+        assert stored == [i for i in ranked if i not in history][:20]
     else:  # an IVF index over the MIPS-augmented vectors, tuned to the 0.95 floor
         assert len(set(got) & set(top.tolist())) >= 18
     # The test can fail: item norms differ ~20x, so the two rankings share few of their top 20.
@@ -370,6 +412,60 @@ def test_import_reindex_serve(
     assert len(set(np.argsort(-dot)[:20]) & set(np.argsort(-cosine)[:20])) < 15
     if similarity == "cosine":
         assert max(s for _, s in recalled) <= 1.0 + 1e-5
+
+
+def test_own_names_are_served(work: Path, towers: dict[str, Any], tmp_path: Path) -> None:
+    """Ids and history under the schema's own names ("customer", "sku", "purchases"): the service
+    puts the request's ids and reads the history under those names, so /recall excludes the
+    purchases and /score with an item's features gives the score the index holds for it."""
+    store, index, tag = tmp_path / "models", tmp_path / "index", "own-dot"
+    out_dir = work / "onnx"
+    out = cli(
+        *import_cmd(
+            work, store, out_dir / "user_own.onnx", out_dir / "item_own.onnx", schema="schema_own.toml"
+        ),
+        "--version",
+        tag,
+        "--similarity",
+        "dot",
+    )
+    assert out.returncode == 0, out.stderr
+    manifest = load_version(store, tag)
+    rows = [json.loads(line) for line in (work / "data" / "items.jsonl").read_text().splitlines()]
+    catalog = [{"sku": r.pop("item_id"), **r} for r in rows]
+    IndexStore(index).build(store, tag, iter(catalog), IndexConfig())
+    settings = Settings(
+        model_store=store,
+        index_store=index,
+        data_dir=None,
+        reindex_on_start=False,
+        worker=False,
+        shutdown_drain_s=0,
+    )
+    bought = ["i4", "i9", "i17"]
+    features = {"age": 29, "purchases": bought}
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/recall", json={"user_id": "u3", "features": features, "k": 10, "model_version": tag}
+        )
+        assert r.status_code == 200, r.text
+        recalled = [(it["item_id"], it["score"]) for it in r.json()["items"]]
+        by_id = {c["sku"]: c for c in catalog}
+        sent = [
+            {"item_id": i, "features": {k: v for k, v in by_id[i].items() if k != "sku"}} for i, _ in recalled
+        ]
+        r = client.post(
+            "/score", json={"user_id": "u3", "features": features, "model_version": tag, "items": sent}
+        )
+        assert r.status_code == 200, r.text
+        scored = [s["score"] for s in r.json()["scores"]]
+    items = torch_vectors(towers["item"], TowerEncoder(manifest.features, "item"), catalog)
+    user_row = {"customer": "u3", **features}
+    user = torch_vectors(towers["user"], TowerEncoder(manifest.features, "user"), [user_row])[0]
+    order = [catalog[j]["sku"] for j in np.argsort(-(items @ user), kind="stable")]
+    assert [i for i, _ in recalled] == [i for i in order if i not in bought][:10]
+    for (item, recall_score), score in zip(recalled, scored, strict=True):
+        assert score == pytest.approx(recall_score, rel=1e-4, abs=1e-4), item
 
 
 # --- mismatched towers: refused, named, nothing written ------------------------------------------

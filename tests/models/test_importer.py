@@ -483,3 +483,21 @@ def test_disk_full_mid_write_leaves_nothing(tmp_path: Path, schema_path: Path) -
     assert tree(store) == before  # not even the temporary directory is left
     ok = _cli([*args, "--model-store", str(store), "--version", "v1"])  # the same tag works afterwards
     assert ok.returncode == 0, ok.stderr
+
+
+def test_import_runs_without_torch_or_onnx(tmp_path: Path, schema_path: Path) -> None:
+    """The serving image has neither: the whole import, checks and write, runs with both blocked."""
+    user = write(tmp_path, "u.onnx", tower(USER))
+    item = write(tmp_path, "i.onnx", tower(ITEM))
+    args = ["import", "--schema", str(schema_path), "--user-tower", str(user), "--item-tower", str(item)]
+    args += ["--model-store", str(tmp_path / "store"), "--version", "v1"]
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
+        "sys.modules['onnx'] = None\n"
+        "from app.cli import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert list_versions(tmp_path / "store") == ["v1"]

@@ -24,12 +24,13 @@ import numpy as np
 import onnxruntime as ort
 
 from models.data import catalog_rows, user_rows
-from models.errors import DataError, SchemaError, TowerRefused
+from models.errors import DataError, SchemaError, TowerRefused, VersionExists
 from models.features import FeatureSchema, FieldSpec, Side, TowerEncoder
 from models.manifest import (
     ITEM_TOWER,
     USER_TOWER,
     ModelManifest,
+    check_tag,
     load_version,
     new_version_tag,
     write_version,
@@ -420,12 +421,14 @@ def import_version(
     """Check both towers, then write them as a new immutable version (nothing is written on failure)."""
     if similarity not in SIMILARITIES:
         raise TowerRefused(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+    tag = check_tag(version or new_version_tag())
+    if (Path(store) / tag).exists():  # refused before the checks, not after them
+        raise VersionExists(f"model version {tag!r} already exists in {store}; versions are immutable")
     towers: dict[Side, TowerFile] = {
         "user": TowerFile.read("user", user_tower),
         "item": TowerFile.read("item", item_tower),
     }
     checks = check_towers(schema, towers["user"], towers["item"], allow_unused, extra_rows)
-    tag = version or new_version_tag()
     dim = checks["user"].dim
     written: list[Path] = []
 

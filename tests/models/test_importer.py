@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from models.errors import SchemaError, TowerRefused, VersionExists
+from models.errors import ManifestError, SchemaError, TowerRefused, VersionExists
 from models.features import FeatureSchema, TowerEncoder
 from models.importer import (
     UNKNOWN,
@@ -210,8 +210,10 @@ def test_good_towers_become_an_immutable_version(tmp_path: Path, schema: Feature
     assert {c.rows_checked for c in imported.checks.values()} == {9}
     raw = json.loads((store / "ext-1" / "manifest.json").read_text())
     assert raw["source"] == "import" and raw["training"]["imported_from"]["user"]["file"] == str(user)
-    with pytest.raises(VersionExists):
-        import_version(store, schema, user, item, version="ext-1")
+    with pytest.raises(VersionExists):  # before any check: the missing file is never read
+        import_version(store, schema, user, tmp_path / "missing.onnx", version="ext-1")
+    with pytest.raises(ManifestError, match="invalid version tag"):
+        import_version(store, schema, user, tmp_path / "missing.onnx", version="no spaces")
     assert list_versions(store) == ["ext-1"]
 
 

@@ -161,7 +161,8 @@ def register_import(
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from models.importer import import_version, load_import_schema, read_sample_rows
+    from models.importer import import_version, load_import_schema
+    from models.samples import read_sample_rows
 
     store: Path = args.model_store or args.default_model_store()
     if DEMO_STORE in (store.resolve(), *store.resolve().parents):

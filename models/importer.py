@@ -11,9 +11,7 @@ tower file and the input or row at fault; nothing reaches the model store unless
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,9 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from models.data import catalog_rows, user_rows
-from models.errors import DataError, SchemaError, TowerRefused, VersionExists
-from models.features import FeatureSchema, FieldSpec, Side, TowerEncoder
+from models.errors import SchemaError, TowerRefused, VersionExists
+from models.features import FeatureSchema, Side, TowerEncoder
 from models.manifest import (
     ITEM_TOWER,
     USER_TOWER,
@@ -36,12 +33,11 @@ from models.manifest import (
     write_version,
 )
 from models.runtime import TowerRunner
+from models.samples import describe_row, sample_rows
 from models.schema import load_schema
 
 SIMILARITIES = ("cosine", "dot")
 FILES: dict[Side, str] = {"user": USER_TOWER, "item": ITEM_TOWER}
-UNKNOWN = "\x00twotower-unknown"  # a value no vocabulary holds: exercises the out-of-vocabulary path
-SAMPLE_ROWS = 9
 # Alone vs in a batch: float32 sums in another order differ by ~1e-6 of the norm; a graph whose
 # rows see each other (BatchNorm in train mode, mean over padded positions) differs by far more.
 BATCH_RTOL = 1e-3
@@ -217,75 +213,6 @@ def load_import_schema(path: Path) -> FeatureSchema:
     return schema_file.resolve()
 
 
-def read_sample_rows(
-    schema: FeatureSchema, data_dir: Path, limit: int = 256
-) -> dict[Side, list[dict[str, Any]]]:
-    """Up to `limit` users (with their histories) and items of a data directory, read as the
-    schema's `[data]` describes them (Parquet, CSV or JSON lines), to run besides the samples."""
-    layout = schema.layout
-    users = [
-        {**row, layout.user_id: uid}
-        for uid, row in itertools.islice(user_rows(data_dir, schema=schema).items(), limit)
-    ]
-    items = list(itertools.islice(catalog_rows(data_dir, schema=schema), limit))
-    for side, rows in (("user", users), ("item", items)):
-        if not rows:
-            raise DataError(f"{data_dir}: no {side} rows for --sample-data")
-    return {"user": users, "item": items}
-
-
-def sample_rows(
-    schema: FeatureSchema, side: Side, count: int = SAMPLE_ROWS, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Rows that exercise every field's paths: known and unknown values, missing, empty, over-long.
-
-    Row 0 has every feature missing (a cold user, a bare item id); the others combine each field's
-    variants at different offsets, so no two fields change in lockstep.
-    """
-    rng = random.Random(seed)
-    tower = schema.tower(side)
-    rows: list[dict[str, Any]] = [{} for _ in range(count)]
-    for j, spec in enumerate(tower.fields):
-        variants = _variants(spec, schema, rng)
-        for i in range(1, count):
-            value = variants[(i + j) % len(variants)]
-            if value is not None:
-                rows[i][spec.source] = value
-    return rows
-
-
-def _variants(spec: FieldSpec, schema: FeatureSchema, rng: random.Random) -> list[Any]:
-    vocab = list(schema.vocabularies.get(spec.vocab, ())) if spec.vocab is not None else []
-    known = vocab[:1] + vocab[-1:] if vocab else []
-    if spec.kind == "categorical":
-        return [*known, UNKNOWN, None]
-    if spec.kind == "hashed":
-        return ["a", "some value 123", "", None]
-    if spec.kind == "bucket":
-        b = list(spec.boundaries) or [0.0]
-        return [b[0] - 1.0, b[-1] + 1.0, (b[0] + b[-1]) / 2, b[0], None]
-    if spec.kind == "numeric":
-        mean, std = spec.mean or 0.0, spec.std or 1.0
-        if spec.log:  # raw values are log1p'd: the same points, mapped back, and above -1
-            return [0.0, math.expm1(mean), math.expm1(mean + 3 * std), None]
-        return [mean, mean + 3 * std, mean - 3 * std, 0.0, None]
-    if spec.kind == "vector":
-        dim = spec.dim
-        return [[rng.gauss(0.0, 1.0) for _ in range(dim)], [0.0] * dim, [3.0] * dim, None]
-    if spec.kind == "multi_hot":
-        return [[], known[:1], [*known, UNKNOWN], vocab, None]
-    if spec.kind == "sequence":
-        long = [vocab[i % len(vocab)] for i in range(spec.max_len + 3)] if vocab else [UNKNOWN]
-        return [[], known[:1], long, [UNKNOWN, *known], None]
-    return ["", "Two Words", " ".join(f"w{i}" for i in range(spec.max_len + 3)), None]  # hashed_words
-
-
-def _describe(row: Mapping[str, Any]) -> str:
-    """A sample row for an error message: short, with the unknown marker spelled out."""
-    text = repr({k: v for k, v in row.items()}).replace(repr(UNKNOWN)[1:-1], "<unknown>")
-    return text if len(text) <= 200 else text[:200] + "…"
-
-
 def run_rows(
     session: ort.InferenceSession,
     tower: TowerFile,
@@ -310,7 +237,7 @@ def run_rows(
                 run([row])
             except Exception as exc:
                 raise TowerRefused(
-                    f"{where}: fails on {label} row {i} {_describe(row)}: {_first_line(exc)}"
+                    f"{where}: fails on {label} row {i} {describe_row(row)}: {_first_line(exc)}"
                 ) from exc
         raise TowerRefused(
             f"{where}: fails on a batch of {len(rows)} {label} rows (each alone runs): "
@@ -327,7 +254,7 @@ def run_rows(
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         what = "NaN" if np.isnan(out[i]).any() else "infinity"
-        raise TowerRefused(f"{where}: {label} row {i} {_describe(rows[i])} gives a vector with {what}")
+        raise TowerRefused(f"{where}: {label} row {i} {describe_row(rows[i])} gives a vector with {what}")
     for i, row in enumerate(rows):
         alone = run([row]).astype(np.float32)
         if alone.shape != (1, out.shape[1]) or not np.allclose(
@@ -335,7 +262,7 @@ def run_rows(
         ):
             diff = float(np.abs(alone[0] - out[i]).max()) if alone.shape == (1, out.shape[1]) else math.inf
             raise TowerRefused(
-                f"{where}: {label} row {i} {_describe(row)} gives another vector alone than in a batch "
+                f"{where}: {label} row {i} {describe_row(row)} gives another vector alone than in a batch "
                 f"(max difference {diff:.3g}): rows must not depend on each other or on padding "
                 "(export in eval mode; mask padded positions, index 0)"
             )

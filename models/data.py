@@ -150,13 +150,12 @@ def iter_rows(
             continue
         out: dict[str, Any] = {}
         for col, (ctype, spec) in columns.items():
-            value = row.get(col)
-            if value is not None:
+            if col in row:
                 seen.add(col)
-            out[col] = _convert(value, ctype, spec, is_csv, where, col)
+            out[col] = _convert(row.get(col), ctype, spec, is_csv, where, col)
         yield where, out
     if columns is not None and suffix == ".jsonl" and seen:
-        # JSON lines have no header: a column that no row carries is the same mistake
+        # JSON lines have no header: a key that no row carries (even as null) is the same mistake
         _check_header(path, seen, columns)
 
 

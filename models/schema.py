@@ -81,10 +81,15 @@ class SchemaFile:
         return tuple(sorted(n for n in names if n not in self.vocab_files))
 
     def learn(self, users: Iterable[Mapping[str, Any]], items: Iterable[Mapping[str, Any]]) -> FeatureSchema:
-        """Learn the missing vocabularies (sorted distinct values of every field that uses one) and
-        the numeric statistics not given in the file, from user and item rows."""
+        """Learn the missing vocabularies (sorted distinct values of every field that uses one, and
+        its default) and the numeric statistics not given in the file, from user and item rows."""
         learn_vocab = set(self.learned_vocabularies)
         values: dict[str, set[str]] = {v: set() for v in learn_vocab}
+        for _, f in self.fields:
+            # a default is a value like any other: missing values are trained under it
+            if f.vocab in learn_vocab and f.default is not None:
+                default = f.default if isinstance(f.default, tuple) else (f.default,)
+                values[f.vocab].update(t for x in default if (t := _token(x)) is not None)
         numbers: dict[tuple[Side, str], list[float]] = {}
         for side, rows in (("user", users), ("item", items)):
             tower = self.tower(cast(Side, side))
@@ -174,7 +179,7 @@ class _Parser:
     def parse(self, raw: Mapping[str, Any]) -> SchemaFile:
         self.unknown(raw, _TOP, "")
         fmt = raw.get("format", FORMAT)
-        if fmt != FORMAT:
+        if type(fmt) is not int or fmt != FORMAT:  # `true == 1` in Python; not in a schema
             raise self.fail("format", f"unsupported format {fmt!r} (this version reads {FORMAT})")
         data = self.table(raw, "data")
         self.unknown(data, ("users", "items", "interactions"), "data")
@@ -192,7 +197,7 @@ class _Parser:
             inter_user=self.text(inter, "user", "interactions", d.inter_user),
             inter_item=self.text(inter, "item", "interactions", d.inter_item),
             timestamp=self.text(inter, "timestamp", "interactions", None) if "timestamp" in inter else None,
-            history=tuple(f.source for f in user.fields if f.from_interactions),
+            history=tuple(dict.fromkeys(f.source for f in user.fields if f.from_interactions)),
         )
         return SchemaFile(self.path, layout, user, item, dict(self.vocab_files))
 

@@ -43,7 +43,7 @@ class FieldEmbedding(nn.Module):
             projected: Tensor = self.proj(x)
             return projected
         if self.kind == "multi_hot":
-            # mean over the active columns so an item with 5 genres is not 5x louder than one with 1
+            # mean over the active columns so a row with 5 tags is not 5x louder than one with 1
             count = x.sum(dim=1, keepdim=True).clamp(min=1.0)
             out: Tensor = self.proj(x) / count
             return out

@@ -251,3 +251,9 @@ def test_duplicate_ids_and_broken_files(tmp_path: Path, schema: SchemaFile) -> N
     (data / "customers.csv").write_text("customer_id,segment\nc1\n")
     with pytest.raises(DataError, match=r"customers.csv:2: expected 2 columns, got 1"):
         load_dataset(data, schema)
+
+
+def test_a_jsonl_key_that_is_null_everywhere_is_present(tmp_path: Path, schema: SchemaFile) -> None:
+    data = dataset(tmp_path, ("jsonl", "jsonl", "jsonl"))
+    write_table(data / "catalog.jsonl", [{**r, "title": None} for r in ITEMS])
+    assert [r["title"] for r in load_dataset(data, schema).items.values()] == [None, None]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from models.errors import SchemaError
-from models.features import FeatureSchema, TowerEncoder
+from models.features import KINDS, FeatureSchema, TowerEncoder
 from models.layout import DataLayout
 from models.manifest import list_versions, load_version
-from models.schema import load_schema
+from models.schema import COMMON, PARAMS, load_schema
 from tests.conftest import DEMO_STORE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,6 +235,7 @@ BAD = [
     ("max_len = 5\n", "", "user.fields.recent: missing parameter 'max_len'"),
     ('name = "weight"', 'name = "price"', "item.fields.price: duplicate field name"),
     ("format = 1", "format = 9", "format: unsupported format 9"),
+    ("format = 1", "format = true", "format: unsupported format True"),
     ("[data]", "[datas]", "datas: unknown table or key"),
     ('users = "customers"', 'user = "customers"', "data: unknown parameter 'user'"),
     ('id = "item_id"', "", "item.id: missing"),
@@ -273,3 +274,27 @@ def test_missing_tower_file_and_bad_toml(tmp_path: Path) -> None:
     (tmp_path / "vocab" / "segment.txt").write_text("retail\nretail\n")
     with pytest.raises(SchemaError, match=r"user.fields.segment: vocab_file .* value 'retail' repeated"):
         load_schema(tmp_path / "schema.toml")
+
+
+def test_the_documented_example_loads_and_names_every_kind_and_parameter(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "MODEL.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    sf = load_schema(write(tmp_path, example))  # write() provides vocab/segment.txt
+    assert {f.kind for _, f in sf.fields} == set(KINDS)
+    reference = doc[doc.index("### Kinds and parameters") : doc.index("### Values at serving time")]
+    for kind, params in PARAMS.items():
+        assert f"| `{kind}` |" in reference, kind
+        for p in params:
+            assert f"`{p}`" in reference, (kind, p)
+    for p in COMMON:
+        assert f"`{p}`" in reference, p
+
+
+def test_history_fields_sharing_a_source_read_one_history(tmp_path: Path) -> None:
+    extra = '\n[[user.fields]]\nname = "recent_short"\nsource = "recent"\nkind = "sequence"\n'
+    extra += 'vocab = "item_id"\nmax_len = 2\nfrom_interactions = true\n'
+    text = FULL.replace("[item]\n", extra + "\n[item]\n", 1)
+    sf = load_schema(write(tmp_path, text))
+    assert sf.layout.history == ("recent",)
+    out = TowerEncoder(sf.learn(USERS, ITEMS), "user").encode([{"recent": ["i1", "i2", "i1"]}])
+    assert out["recent"].shape == (1, 3) and out["recent_short"].tolist() == [[2, 1]]

@@ -225,7 +225,8 @@ class Service:
     def warm_up(self, served: ServedVersion, snap: Snapshot) -> None:
         """A few real tower runs and searches before the build takes traffic; NaN refuses it."""
         sample = [str(x) for x in snap.ids[: min(5, snap.size)]]
-        users: list[dict[str, Any]] = [{"user_id": None}, {"user_id": None, "history": sample}]
+        history = {key: sample for key in served.manifest.features.layout.history}
+        users: list[dict[str, Any]] = [{}, history]  # a cold user, and one with a history
         q = served.user.embed(users)
         results = snap.search(q, min(10, max(1, snap.size)))
         vecs, found = snap.vectors_for(sample)

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twotower", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     models_cli.register(sub)
+    models_cli.register_import(sub, lambda: load_settings().model_store)
 
     p = sub.add_parser("load", help="load user features and the item catalog into Redis")
     p.add_argument("--data", required=True, help="a data directory in the project's format")

@@ -49,11 +49,11 @@ class ServedVersion:
 class UserContext:
     row: dict[str, Any]
     cold_start: bool
+    history_keys: tuple[str, ...] = ("history",)  # the schema's from_interactions sources
 
     @property
     def history(self) -> list[str]:
-        h = self.row.get("history") or []
-        return [x for x in h if isinstance(x, str)]
+        return [x for key in self.history_keys for x in (self.row.get(key) or []) if isinstance(x, str)]
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,8 @@ class Service:
     def warm_up(self, served: ServedVersion, snap: Snapshot) -> None:
         """A few real tower runs and searches before the build takes traffic; NaN refuses it."""
         sample = [str(x) for x in snap.ids[: min(5, snap.size)]]
-        users: list[dict[str, Any]] = [{"user_id": None}, {"user_id": None, "history": sample}]
+        history = {key: sample for key in served.manifest.features.layout.history}
+        users: list[dict[str, Any]] = [{}, history]  # a cold user, and one with a history
         q = served.user.embed(users)
         results = snap.search(q, min(10, max(1, snap.size)))
         vecs, found = snap.vectors_for(sample)
@@ -268,11 +269,12 @@ class Service:
                     raise
                 # The request carries its own features: serve it on them alone.
                 log.warning("feature store down: a request served on its own features only")
-        row = {**(stored or {}), **sent, "user_id": user_id}
+        # The id goes under the schema's id column: an imported schema may call it anything.
+        row = {**(stored or {}), **sent, served.user.encoder.tower.id_field: user_id}
         cold = stored is None and not sent
         if cold:
             self.metrics.cold_start.inc()
-        return UserContext(row, cold)
+        return UserContext(row, cold, served.manifest.features.layout.history)
 
     async def recall(
         self,
@@ -312,7 +314,7 @@ class Service:
             if feats is not None:
                 valid = served.item.encoder.validate(feats, f"items.{i}.features")
                 with_features.append(i)
-                rows.append({**valid, "item_id": item_id})
+                rows.append({**valid, served.item.encoder.tower.id_field: item_id})
         user = await self.user_context(served, user_id, features)
 
         def compute() -> list[float | None]:

@@ -194,9 +194,11 @@ class IndexStore:
             raise ArtifactError(
                 f"{bdir / VECTORS_FILE}: expected float32 {(n, dim)}, got {vectors.dtype} {vectors.shape}"
             )
-        if index.ntotal != n or index.d != dim:
+        # A dot model's ANN index holds one extra (MIPS) coordinate per vector; see index_store.build.
+        index_dim = dim + (1 if manifest["index"].get("params", {}).get("mips_max_norm") is not None else 0)
+        if index.ntotal != n or index.d != index_dim:
             raise ArtifactError(
-                f"{bdir / INDEX_FILE}: holds {index.ntotal} x {index.d}, manifest says {n} x {dim}"
+                f"{bdir / INDEX_FILE}: holds {index.ntotal} x {index.d}, manifest says {n} x {index_dim}"
             )
         kind = kind_of(index)
         if kind != manifest["index"].get("kind"):

@@ -7,6 +7,7 @@ TwoTowerError
 ├── ManifestError         a model or index manifest is missing a field or does not match
 ├── ArtifactError         a file is missing, truncated or fails its checksum
 ├── VersionExists         a model version tag is immutable once written
+├── TowerRefused          an imported ONNX tower does not fit its schema (names the file and input)
 ├── UnknownVersion        no model version or alias by that name
 ├── IndexNotReady         the version is known but has no loaded index yet
 ├── BuildRefused          an index build failed a check and was not published
@@ -40,6 +41,10 @@ class ArtifactError(TwoTowerError):
 
 
 class VersionExists(TwoTowerError):
+    pass
+
+
+class TowerRefused(TwoTowerError):
     pass
 
 

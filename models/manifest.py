@@ -67,6 +67,8 @@ class ModelManifest:
     training: Mapping[str, Any] = field(default_factory=dict)
     inputs: Mapping[str, Any] = field(default_factory=dict)  # tower -> [{name, dtype, shape}]
     created_at: str = ""
+    source: str = "train"  # "train" (twotower train) or "import" (twotower import)
+    outputs: Mapping[str, str] = field(default_factory=lambda: {"user": "embedding", "item": "embedding"})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,9 +77,10 @@ class ModelManifest:
             "created_at": self.created_at,
             "dim": self.dim,
             "similarity": self.similarity,
+            "source": self.source,
             "files": dict(self.files),
             "inputs": dict(self.inputs),
-            "outputs": {"user": "embedding", "item": "embedding"},
+            "outputs": dict(self.outputs),
             "features": self.features.to_dict(),
             "metrics": dict(self.metrics),
             "training": dict(self.training),
@@ -108,6 +111,8 @@ class ModelManifest:
             training=raw.get("training", {}),
             inputs=raw.get("inputs", {}),
             created_at=str(raw.get("created_at", "")),
+            source=str(raw.get("source", "train")),
+            outputs=dict(raw.get("outputs") or {"user": "embedding", "item": "embedding"}),
         )
 
 

@@ -17,6 +17,7 @@ from models.errors import (
     StorageFull,
     StoreUnavailable,
     TwoTowerError,
+    UnknownItem,
     UnknownVersion,
 )
 
@@ -27,7 +28,7 @@ RETRY_AFTER_S = "5"
 def _status(exc: TwoTowerError) -> int:
     if isinstance(exc, FeatureError):
         return 422
-    if isinstance(exc, UnknownVersion):
+    if isinstance(exc, UnknownVersion | UnknownItem):
         return 404
     if isinstance(exc, StorageFull):
         return 507  # Insufficient Storage: retrying will not help until space is freed

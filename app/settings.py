@@ -58,6 +58,18 @@ class Runtime(BaseModel):
     thread_above_exact_items: int = Field(100_000, ge=0)
 
 
+class FilterSettings(BaseModel):
+    """How `filter` on /recall and /similar searches (see index_store.filtered)."""
+
+    # A filter keeping at most this share of the catalog is answered by an exact scan of its rows'
+    # stored vectors instead of a Faiss search with an IDSelector. Measured on 100k 64-d vectors
+    # (IVF, 100 queries, k=100): at 2% the scan took 0.07-0.08 ms per query against 0.12-0.28 ms for
+    # the filtered IVF search, which also came back short (fewer than k) for most queries below
+    # ~5% and fell back to the scan anyway; at 5% the two were even (0.16 vs 0.09-0.37 ms).
+    exact_below: float = Field(0.02, ge=0, le=1)
+    max_values: int = Field(1000, ge=1)  # values in one any/all/none list
+
+
 class Settings(BaseSettings):
     """Service configuration. Every field has a safe default; see the README's table."""
 
@@ -82,6 +94,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     index: IndexSettings = IndexSettings()
     runtime: Runtime = Runtime()
+    filters: FilterSettings = FilterSettings()
     log_level: str = "INFO"
 
 

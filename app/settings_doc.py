@@ -49,6 +49,9 @@ DESCRIPTIONS = {
     "RUNTIME__COMPUTE_IN_THREAD": "tower + search in a worker thread (true) or inline (false); "
     "unset = inline except searches of a large exact index",
     "RUNTIME__THREAD_ABOVE_EXACT_ITEMS": "with the above unset: exact indexes over this size use a thread",
+    "FILTERS__EXACT_BELOW": "a `filter` keeping at most this share of the catalog is answered by an exact "
+    "scan of its rows; broader ones search the index with a Faiss IDSelector",
+    "FILTERS__MAX_VALUES": "most values in one `any` / `all` / `none` list of a `filter`",
 }
 
 

@@ -78,13 +78,16 @@ def passes(row: dict[str, Any], flt: dict[str, dict[str, Any]]) -> bool:
             elif isinstance(arg, bool):
                 ok = value is arg
             else:
-                ok = value is not None and {
-                    "gt": value > arg,
-                    "gte": value >= arg,
-                    "lt": value < arg,
-                    "lte": value <= arg,
-                    "eq": value == arg,
-                }[op]
+                ok = (
+                    value is not None
+                    and {
+                        "gt": value > arg,
+                        "gte": value >= arg,
+                        "lt": value < arg,
+                        "lte": value <= arg,
+                        "eq": value == arg,
+                    }[op]
+                )
             if not ok:
                 return False
     return True

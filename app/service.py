@@ -298,7 +298,7 @@ class Service:
 
         def compute() -> list[tuple[str, float]]:
             q = served.user.embed([user.row])
-            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below)[0]
+            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below_for(snap.kind))[0]
 
         items = await self.run(compute, snap)
         return Recalled(served.tag, snap.build_id, user.cold_start, items)
@@ -329,7 +329,7 @@ class Service:
 
         def compute() -> list[tuple[str, float]]:
             q = served.item.embed([row])[0] if row is not None else stored[0]
-            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below)[0]
+            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below_for(snap.kind))[0]
 
         items = await self.run(compute, snap)
         return Recalled(served.tag, snap.build_id, False, items)

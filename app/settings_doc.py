@@ -51,6 +51,7 @@ DESCRIPTIONS = {
     "RUNTIME__THREAD_ABOVE_EXACT_ITEMS": "with the above unset: exact indexes over this size use a thread",
     "FILTERS__EXACT_BELOW": "a `filter` keeping at most this share of the catalog is answered by an exact "
     "scan of its rows; broader ones search the index with a Faiss IDSelector",
+    "FILTERS__EXACT_BELOW_HNSW": "the same share for an HNSW index",
     "FILTERS__MAX_VALUES": "most values in one `any` / `all` / `none` list of a `filter`",
 }
 

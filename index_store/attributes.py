@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,50 @@ class Attributes:
 _TYPE: dict[type, str] = {ValuesColumn: "values", NumberColumn: "number", BoolColumn: "bool"}
 
 
+class _Field:
+    """One field's values as they stream past: compact arrays, not the rows' Python objects (a
+    1M-item catalog's genre lists held to the end would cost hundreds of MB in the build)."""
+
+    def __init__(self, spec: FieldSpec) -> None:
+        self.spec = spec
+        self.numbers = array("d")  # numeric / bucket: the raw value, NaN = missing
+        self.codes: dict[str, int] = {}  # value kinds: value -> first-seen code
+        self.pair_codes = array("i")  # value kinds: (code, row) per value held
+        self.pair_rows = array("i")
+        self.bools = array("b")  # -1 missing, 0 / 1 a JSON boolean
+        self.all_bool = True  # every present value is a JSON boolean (then a BoolColumn)
+        self.any_present = False
+
+    def add(self, row: int, value: Any) -> None:
+        if value is not None:
+            self.any_present = True
+            if not isinstance(value, bool):
+                self.all_bool = False
+        self.bools.append(-1 if not isinstance(value, bool) else int(value))
+        if self.spec.kind in NUMBER_KINDS:
+            self.numbers.append(_number(value))
+            return
+        for tok in dict.fromkeys(_tokens(value)):
+            code = self.codes.setdefault(tok, len(self.codes))
+            self.pair_codes.append(code)
+            self.pair_rows.append(row)
+
+    def column(self) -> Column:
+        if self.any_present and self.all_bool:
+            return BoolColumn(np.frombuffer(self.bools, dtype=np.int8).copy())
+        if self.spec.kind in NUMBER_KINDS:
+            return NumberColumn(np.frombuffer(self.numbers, dtype=np.float64).copy())
+        values = np.array(list(self.codes), dtype=str)
+        order = np.argsort(values, kind="stable")  # codes in first-seen order -> sorted values
+        rank = np.empty(len(values), dtype=np.int64)
+        rank[order] = np.arange(len(values))
+        codes = rank[np.frombuffer(self.pair_codes, dtype=np.int32)] if len(values) else np.zeros(0, np.int64)
+        rows = np.frombuffer(self.pair_rows, dtype=np.int32)
+        by_value = np.lexsort((rows, codes))  # by value, then row
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(values)))]).astype(np.int64)
+        return ValuesColumn(values[order], ptr, rows[by_value].copy())
+
+
 class AttributeCollector:
     """Gathers the filterable fields' raw values from catalog rows as they stream past the encoder.
 
@@ -84,33 +129,19 @@ class AttributeCollector:
 
     def __init__(self, tower: TowerSchema) -> None:
         self.specs: tuple[FieldSpec, ...] = tuple(f for f in tower.filterable if f.kind in COLUMN_KINDS)
-        self._raw: dict[str, list[Any]] = {f.name: [] for f in self.specs}
+        self._fields = [_Field(f) for f in self.specs]
         self._n = 0
 
     def watch(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
         for row in rows:
-            for spec in self.specs:
-                value = row.get(spec.source)
-                self._raw[spec.name].append(spec.default if value is None else value)
+            for f in self._fields:
+                value = row.get(f.spec.source)
+                f.add(self._n, f.spec.default if value is None else value)
             self._n += 1
             yield row
 
     def finish(self) -> Attributes:
-        columns: dict[str, Column] = {}
-        for spec in self.specs:
-            raw = self._raw.pop(spec.name)
-            present = [v for v in raw if v is not None]
-            if present and all(isinstance(v, bool) for v in present):
-                columns[spec.name] = BoolColumn(
-                    np.fromiter((-1 if v is None else int(v) for v in raw), dtype=np.int8, count=len(raw))
-                )
-            elif spec.kind in NUMBER_KINDS:
-                columns[spec.name] = NumberColumn(
-                    np.fromiter((_number(v) for v in raw), dtype=np.float64, count=len(raw))
-                )
-            else:
-                columns[spec.name] = _values_column(raw)
-        return Attributes(self._n, columns)
+        return Attributes(self._n, {f.spec.name: f.column() for f in self._fields})
 
 
 def _number(value: Any) -> float:
@@ -127,19 +158,6 @@ def _tokens(value: Any) -> list[str]:
     """A value's strings: a list's string (or integer) members, or the scalar itself."""
     items = value if isinstance(value, list | tuple) else [value]
     return [str(v) for v in items if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))]
-
-
-def _values_column(raw: list[Any]) -> ValuesColumn:
-    pairs = [(tok, row) for row, v in enumerate(raw) for tok in dict.fromkeys(_tokens(v))]
-    values = np.array(sorted({tok for tok, _ in pairs}), dtype=str)
-    if not pairs:
-        return ValuesColumn(values, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32))
-    codes = np.searchsorted(values, np.array([tok for tok, _ in pairs], dtype=str))
-    rows = np.fromiter((r for _, r in pairs), dtype=np.int32, count=len(pairs))
-    order = np.lexsort((rows, codes))  # by value, then row
-    counts = np.bincount(codes, minlength=len(values))
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return ValuesColumn(values, ptr, rows[order])
 
 
 def to_bytes(attributes: Attributes) -> bytes:

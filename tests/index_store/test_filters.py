@@ -129,12 +129,14 @@ FILTERS: list[dict[str, dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize("flt", FILTERS, ids=lambda f: json.dumps(f, sort_keys=True))
-@pytest.mark.parametrize("kind", ["exact", "ivf"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
 def test_filtered_search_is_exact_on_a_small_catalog(flt: dict[str, Any], kind: str) -> None:
     rows = make_rows(N)
     vectors = unit_vectors(N, 16, seed=3, clusters=8)
     ids = [r["item_id"] for r in rows]
     config = IndexConfig(exact_threshold=N if kind == "exact" else 0, recall_floor=0.9, recall_k=10)
+    if kind == "hnsw":
+        config = dataclasses.replace(config, ann_factory="HNSW16")
     snap = with_attributes(snapshot_of(vectors, config, ids=ids), rows)
     assert snap.kind == kind
     mask = filter_mask(flt, TOWER, snap.attributes)  # type: ignore[arg-type]
@@ -155,7 +157,7 @@ def test_filtered_search_is_exact_on_a_small_catalog(flt: dict[str, Any], kind: 
                 assert np.allclose(scores, [s for _, s in want], atol=1e-5)
             elif want and k == config.recall_k:
                 recalls.append(sum(s >= want[-1][1] - 1e-5 for s in scores) / len(want))
-    if recalls:  # the IVF index: at its floor (recall@recall_k) against the exact filtered search
+    if recalls:  # an ANN index: at its floor (recall@recall_k) against the exact filtered search
         assert np.mean(recalls) >= config.recall_floor
 
 

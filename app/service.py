@@ -50,10 +50,13 @@ class UserContext:
     row: dict[str, Any]
     cold_start: bool
 
-    @property
-    def history(self) -> list[str]:
+    def recent_history(self, n: int) -> list[str]:
+        """The `n` most recent history entries (history is kept oldest first); slicing first keeps a
+        150k-entry history from costing a pass over all of it."""
         h = self.row.get("history") or []
-        return [x for x in h if isinstance(x, str)]
+        if n <= 0 or not isinstance(h, list):
+            return []
+        return [x for x in h[-n:] if isinstance(x, str)]
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,7 @@ class Service:
         self, served: ServedVersion, user_id: str | None, features: Mapping[str, Any] | None
     ) -> UserContext:
         sent = served.user.encoder.validate(features or {}, "features")
+        self._check_sequence_ids(served.user, sent, "features")
         stored: dict[str, Any] | None = None
         if user_id is not None:
             try:
@@ -270,6 +274,17 @@ class Service:
             self.metrics.cold_start.inc()
         return UserContext(row, cold)
 
+    def _check_sequence_ids(self, tower: TowerRunner, sent: Mapping[str, Any], where: str) -> None:
+        """Item ids inside a sequence feature (a history) get the id length limit of every id."""
+        limit = self.settings.limits.max_id_length
+        for spec in tower.encoder.tower.fields:
+            values = sent.get(spec.source)
+            if spec.kind != "sequence" or not isinstance(values, list):
+                continue
+            for i, v in enumerate(values):
+                if isinstance(v, str) and len(v) > limit:
+                    raise FeatureError(f"{where}.{spec.source}.{i}", f"at most {limit} characters")
+
     async def recall(
         self,
         version: str | None,
@@ -282,9 +297,12 @@ class Service:
         served = self.resolve(version)
         snap = self.snapshot(served)  # one reference for the whole request
         user = await self.user_context(served, user_id, features)
+        # One exclusion budget for the explicit ids and the history together: every excluded id
+        # widens the search (measured: a 150k-id history cost 107 ms of event loop per request). The
+        # route refuses an explicit list beyond it; the history fills what is left, most recent first.
         banned = set(exclude)
         if exclude_history:
-            banned.update(user.history)
+            banned.update(user.recent_history(self.settings.limits.max_exclude - len(exclude)))
 
         def compute() -> list[tuple[str, float]]:
             q = served.user.embed([user.row])
@@ -307,6 +325,7 @@ class Service:
         for i, (item_id, feats) in enumerate(items):
             if feats is not None:
                 valid = served.item.encoder.validate(feats, f"items.{i}.features")
+                self._check_sequence_ids(served.item, valid, f"items.{i}.features")
                 with_features.append(i)
                 rows.append({**valid, "item_id": item_id})
         user = await self.user_context(served, user_id, features)

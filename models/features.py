@@ -181,8 +181,12 @@ def default_schema(
 
 
 def hash_token(token: str, hash_size: int) -> int:
-    """Stable across processes and platforms (Python's hash() is salted per process)."""
-    return 1 + zlib.crc32(token.encode("utf-8")) % (hash_size - 1)
+    """Stable across processes and platforms (Python's hash() is salted per process).
+
+    `surrogatepass`: a lone surrogate (valid JSON, not valid UTF-8) hashes like any other unknown
+    value instead of raising; every other string hashes exactly as with strict UTF-8.
+    """
+    return 1 + zlib.crc32(token.encode("utf-8", "surrogatepass")) % (hash_size - 1)
 
 
 def title_tokens(title: str) -> list[str]:
@@ -193,9 +197,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _as_float(value: Any) -> float:
+    """A number as a float; NaN for anything else, and for an int too large for a float (JSON
+    integers are unbounded: math.isfinite(10**400) raises OverflowError)."""
+    if not _is_number(value):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
+
+
 def _finite_or_nan(value: Any) -> float:
     """A bucket's raw value: NaN (-> bucket 0, missing) for anything but a finite number."""
-    return float(value) if _is_number(value) and math.isfinite(value) else math.nan
+    f = _as_float(value)
+    return f if math.isfinite(f) else math.nan
 
 
 class TowerEncoder:
@@ -253,8 +269,8 @@ class TowerEncoder:
         if spec.kind == "bucket":
             if not _is_number(value):
                 raise FeatureError(where, f"expected a number, got {type(value).__name__}")
-            if not math.isfinite(value):
-                raise FeatureError(where, "must be a finite number")
+            if not math.isfinite(_as_float(value)):
+                raise FeatureError(where, "must be a finite number within the float range")
         elif spec.kind in ("categorical", "hashed", "hashed_words"):
             if not isinstance(value, str):
                 raise FeatureError(where, f"expected a string, got {type(value).__name__}")

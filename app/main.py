@@ -49,6 +49,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.sync_builds()
 
     tasks = [asyncio.create_task(_every(settings.poll_interval_s, poll))]
+    if settings.model_poll_s > 0:
+
+        async def discover() -> None:
+            """New versions in the model store: loaded here, their index queued (built once)."""
+            await service.queue_missing_builds(await service.discover_versions())
+
+        tasks.append(asyncio.create_task(_every(settings.model_poll_s, discover)))
     worker: Worker | None = None
     if settings.worker:
 

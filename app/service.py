@@ -18,6 +18,7 @@ import numpy as np
 from app.features import FeatureStore
 from app.metrics import Metrics
 from app.settings import Settings
+from app.worker import submit
 from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from index_store.store import IndexStore
@@ -94,33 +95,87 @@ class Service:
         self._refused: dict[str, str] = {}  # version -> build id already refused (not retried each poll)
         self._retry: dict[str, tuple[str, int, float]] = {}  # version -> (build, failures, next try)
         self._loading: dict[str, asyncio.Lock] = {}  # version -> its single-flight activation
+        self._model_refused: dict[str, object] = {}  # version -> files as they were when it failed
+        self._gone: set[str] = set()  # served versions whose directory left the model store
 
     # --- start-up -------------------------------------------------------------------------------
 
     def load_versions(self) -> None:
         """ONNX sessions for every version in the model store (or the configured list)."""
+        for tag in self._wanted_versions():
+            self._try_load_version(tag)
+        if not self.versions:
+            log.error("no usable model version in %s", self.settings.model_store)
+
+    def _wanted_versions(self) -> list[str]:
+        """Complete versions in the model store (only the configured ones, if a list is set)."""
+        present = list_versions(Path(self.settings.model_store))
+        wanted = self.settings.model_versions
+        return [t for t in wanted if t in present] if wanted else present
+
+    def _try_load_version(self, tag: str) -> ServedVersion | None:
+        """Verify the manifest and every file's sha256, then load both towers; None (logged) if any
+        check fails: a version copied in file by file fails here until the copy is complete."""
         store = Path(self.settings.model_store)
-        tags = self.settings.model_versions or list_versions(store)
         rt = self.settings.runtime
+        seen = _fingerprint(store / tag)
+        try:
+            manifest = load_version(store, tag)
+            runners = [
+                TowerRunner(store / tag, manifest, side, rt.onnx_intra_threads, rt.onnx_spinning)
+                for side in ("user", "item")
+            ]
+            for r in runners:
+                r.load()
+        except Exception as exc:  # onnxruntime raises its own types for a corrupt file
+            reason = str(exc) if isinstance(exc, TwoTowerError | OSError) else f"cannot load ONNX: {exc}"
+            log.error("model version %s refused: %s", tag, reason)
+            self._model_refused[tag] = seen  # not tried again until a file in it changes
+            return None
+        served = ServedVersion(tag, manifest, runners[0], runners[1])
+        self.versions = {**self.versions, tag: served}  # copy-on-write: readers never see it half-added
+        self._model_refused.pop(tag, None)
+        log.info("model version %s loaded (dim %d)", tag, manifest.dim)
+        return served
+
+    async def discover_versions(self) -> list[str]:
+        """Load versions that appeared in the model store (train, import or a copy) since the last
+        look, without a restart; returns their tags. A build of each that has none is queued by the
+        caller (the job queue coalesces per version, so the replicas that all find it build it once)."""
+        try:
+            wanted = await anyio.to_thread.run_sync(self._wanted_versions)
+        except OSError as exc:
+            log.error(
+                "model store %s unreadable, served versions unchanged: %s", self.settings.model_store, exc
+            )
+            return []
+        gone = sorted(set(self.versions) - set(wanted) - self._gone)
+        for tag in gone:
+            log.warning("model version %s left the model store: it keeps serving from memory", tag)
+        self._gone = (self._gone | set(gone)) & set(self.versions)
+        found: list[str] = []
+        store = Path(self.settings.model_store)
+        for tag in wanted:
+            if tag in self.versions:
+                continue
+            seen = await anyio.to_thread.run_sync(_fingerprint, store / tag)
+            if self._model_refused.get(tag) == seen:
+                continue
+            if await anyio.to_thread.run_sync(self._try_load_version, tag) is not None:
+                found.append(tag)
+        return found
+
+    async def queue_missing_builds(self, tags: list[str]) -> None:
+        """A build for each of `tags` that has no index yet (coalesced with any already queued)."""
         for tag in tags:
             try:
-                manifest = load_version(store, tag)
-                runners = [
-                    TowerRunner(store / tag, manifest, side, rt.onnx_intra_threads, rt.onnx_spinning)
-                    for side in ("user", "item")
-                ]
-                for r in runners:
-                    r.load()
+                if self.index_store.current_build(tag) is not None:
+                    continue
+                job = await submit(self.store, tag)
             except (TwoTowerError, OSError) as exc:
-                log.error("model version %s refused: %s", tag, exc)
+                log.warning("no build queued for %s yet: %s", tag, exc)
                 continue
-            except Exception as exc:  # onnxruntime raises its own types for a corrupt file
-                log.error("model version %s refused: cannot load ONNX: %s", tag, exc)
-                continue
-            self.versions[tag] = ServedVersion(tag, manifest, runners[0], runners[1])
-            log.info("model version %s loaded (dim %d)", tag, manifest.dim)
-        if not self.versions:
-            log.error("no usable model version in %s", store)
+            log.info("no index for %s yet: build queued (job %s)", tag, job["job_id"])
 
     # --- versions and aliases -------------------------------------------------------------------
 
@@ -401,3 +456,15 @@ class Service:
 def feature_error_detail(exc: FeatureError) -> list[dict[str, Any]]:
     """FeatureError in the same shape as FastAPI's own validation errors."""
     return [{"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "feature_error"}]
+
+
+def _fingerprint(path: Path) -> object:
+    """Names, sizes and mtimes of a version directory's files: changes while a copy is running."""
+    try:
+        files = []
+        for p in sorted(path.iterdir()):
+            st = p.stat()
+            files.append((p.name, st.st_size, st.st_mtime_ns))
+        return tuple(files)
+    except OSError:
+        return None

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -152,6 +153,17 @@ class FeatureStore(ABC):
     def iter_catalog(self) -> Iterator[dict[str, Any]]:
         """Stream the item catalog (sync: builds run in a worker process)."""
 
+    @abstractmethod
+    async def put_replica(self, replica_id: str, record: dict[str, Any], ttl_s: float) -> None:
+        """Write what a replica serves; it expires after `ttl_s` unless written again."""
+
+    @abstractmethod
+    async def replicas(self) -> list[dict[str, Any]]:
+        """The records of every live replica (expired ones are gone)."""
+
+    @abstractmethod
+    async def drop_replica(self, replica_id: str) -> None: ...
+
     async def ping(self) -> bool:
         return True
 
@@ -173,6 +185,7 @@ class LocalStore(FeatureStore):
         self._active: dict[str, str] = {}
         self._queue: deque[str] = deque()
         self._locks: dict[str, str] = {}
+        self._replicas: dict[str, tuple[dict[str, Any], float]] = {}
 
     def load(self) -> LocalStore:
         if self.data_dir is not None and (self.data_dir / "users.jsonl").exists():
@@ -243,6 +256,17 @@ class LocalStore(FeatureStore):
         if self.data_dir is None:
             return iter(())
         return iter_catalog_file(self.data_dir)
+
+    async def put_replica(self, replica_id: str, record: dict[str, Any], ttl_s: float) -> None:
+        self._replicas[replica_id] = (dict(record), time.monotonic() + ttl_s)
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """One node: only this process's own record (the local check is the whole check)."""
+        now = time.monotonic()
+        return [dict(r) for r, until in self._replicas.values() if until > now]
+
+    async def drop_replica(self, replica_id: str) -> None:
+        self._replicas.pop(replica_id, None)
 
 
 class RedisStore(FeatureStore):
@@ -351,6 +375,22 @@ class RedisStore(FeatureStore):
                 yield json.loads(raw)
         finally:
             client.close()
+
+    async def put_replica(self, replica_id: str, record: dict[str, Any], ttl_s: float) -> None:
+        key = self.key("replica", replica_id)
+        raw = json.dumps(record)
+        await self._call("replica", lambda: self.client.set(key, raw, px=max(1, int(ttl_s * 1000))))
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            keys = [k async for k in self.client.scan_iter(match=self.key("replica", "*"), count=500)]
+            raws = await self.client.mget(keys) if keys else []
+            return [json.loads(r) for r in raws if r]  # a record that expired since the scan is None
+
+        return await self._call("replicas", read)
+
+    async def drop_replica(self, replica_id: str) -> None:
+        await self._call("replica", lambda: self.client.delete(self.key("replica", replica_id)))
 
     def lock_holder(self, version: str) -> str | None:
         """Sync read of the lock's token: the build process's fence before it publishes."""

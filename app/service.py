@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from models.errors import (
     BuildRefused,
     FeatureError,
     IndexNotReady,
+    ReplicasBehind,
     StoreUnavailable,
     TwoTowerError,
     UnknownVersion,
@@ -92,6 +96,8 @@ class Service:
         self.index_store = IndexStore(Path(settings.index_store), keep=settings.index.keep_builds)
         self.aliases: dict[str, str] = {}
         self.draining = False
+        # Unique per process: two replicas on one host, or a restart, never share a record.
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._refused: dict[str, str] = {}  # version -> build id already refused (not retried each poll)
         self._retry: dict[str, tuple[str, int, float]] = {}  # version -> (build, failures, next try)
         self._loading: dict[str, asyncio.Lock] = {}  # version -> its single-flight activation
@@ -216,11 +222,51 @@ class Service:
         return snap
 
     async def move_alias(self, alias: str, version: str) -> None:
+        """Point `alias` at `version` once every live replica serves it (else those replicas would
+        answer 404 or 503 for every request through the alias): ReplicasBehind names the others."""
         served = self.resolve(version)
         if self.registry.get(served.tag) is None:
             raise IndexNotReady(served.tag)
+        behind: dict[str, str] = {}
+        for record in await self.store.replicas():
+            rid = str(record.get("replica"))
+            versions = record.get("versions")
+            if rid == self.replica_id or not isinstance(versions, dict):
+                continue
+            if served.tag not in versions:
+                behind[rid] = "version not loaded"
+            elif not versions[served.tag]:
+                behind[rid] = "no index loaded"
+        if behind:
+            raise ReplicasBehind(served.tag, behind)
         await self.store.set_alias(alias, served.tag)
         self.aliases[alias] = served.tag
+
+    def served_record(self) -> dict[str, Any]:
+        """What this replica serves: every loaded version with its build (None: no index yet)."""
+        snaps = self.registry.snapshots()
+        return {
+            "replica": self.replica_id,
+            "versions": {
+                tag: (snaps[tag].build_id if tag in snaps else None) for tag in sorted(self.versions)
+            },
+            "at": time.time(),
+        }
+
+    async def heartbeat(self) -> None:
+        """Renew this replica's record (on every poll), so alias moves can check it."""
+        ttl = max(self.settings.replica_ttl_s, 3 * self.settings.poll_interval_s)
+        try:
+            await self.store.put_replica(self.replica_id, self.served_record(), ttl)
+        except StoreUnavailable as exc:
+            log.warning("replica record not renewed: %s", exc)
+
+    async def leave(self) -> None:
+        """Drop this replica's record on shutdown: it no longer holds alias moves back."""
+        try:
+            await self.store.drop_replica(self.replica_id)
+        except StoreUnavailable as exc:
+            log.warning("replica record not dropped (it expires by itself): %s", exc)
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:

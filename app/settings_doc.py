@@ -26,6 +26,8 @@ DESCRIPTIONS = {
     "POLL_INTERVAL_S": "how often a replica looks for new builds and aliases",
     "MODEL_POLL_S": "how often a replica looks for new versions in the model store (loaded, then "
     "built once, without a restart); 0 = only at start",
+    "REPLICA_TTL_S": "a replica's record of what it serves expires this long after its last poll (at least "
+    "3 polls); alias moves wait only for live replicas",
     "LOCK_TTL_S": "expiry of a version's build lock (renewed every third of it)",
     "SHUTDOWN_DRAIN_S": "on SIGTERM, readiness answers 503 this long before the listener closes",
     "LOG_LEVEL": "log level",

@@ -80,11 +80,11 @@ async def versions(service: ServiceDep) -> Versions:
     responses={
         400: {"description": "body that cannot be parsed"},
         404: {"description": "unknown version"},
-        409: {"description": "the version has no ready index"},
+        409: {"description": "the version has no ready index here, or on some live replica (named)"},
     },
 )
 async def move_alias(alias: str, body: AliasRequest, service: ServiceDep) -> AliasResponse:
-    """Point an alias at a version that has a ready index (409 otherwise)."""
+    """Point an alias at a version every live replica serves with a ready index (409 otherwise)."""
     if not alias or len(alias) > 64 or alias in service.versions:
         raise HTTPException(422, [{"loc": ["path", "alias"], "msg": "1-64 characters, not a version tag"}])
     try:

@@ -170,6 +170,9 @@ class Server(Proc):
     def post(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", timeout=kw.pop("timeout", 10), **kw)
 
+    def put(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.put(f"{self.url}{path}", timeout=kw.pop("timeout", 10), **kw)
+
     def build(self) -> str:
         """The index build that /readyz reports."""
         return str(self.get("/readyz").json()["index_build"])

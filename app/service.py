@@ -242,6 +242,15 @@ class Service:
         await self.store.set_alias(alias, served.tag)
         self.aliases[alias] = served.tag
 
+    async def live_replicas(self) -> list[dict[str, Any]]:
+        """Every live replica's record, sorted by id; [] when the store cannot be read."""
+        try:
+            records = await self.store.replicas()
+        except StoreUnavailable as exc:
+            log.warning("replica records unreadable: %s", exc)
+            return []
+        return sorted(records, key=lambda r: str(r.get("replica")))
+
     def served_record(self) -> dict[str, Any]:
         """What this replica serves: every loaded version with its build (None: no index yet)."""
         snaps = self.registry.snapshots()

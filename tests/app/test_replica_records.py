@@ -92,6 +92,8 @@ def test_alias_moves_only_where_every_live_replica_serves_it(
         }
         for rec in records:
             assert set(rec["versions"]) == {version, V2} and all(rec["versions"].values()), rec
+        listed = a.get("/admin/versions", headers=admin).json()["replicas"]
+        assert sorted(r["replica"] for r in listed) == sorted(rec["replica"] for rec in records)
         assert all(0 < rc.pttl(k) for k in rc.scan_iter("tt:replica:*"))
     # A replica that stops takes its record with it: it no longer holds alias moves back.
     assert list(rc.scan_iter("tt:replica:*")) == []

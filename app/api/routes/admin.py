@@ -12,6 +12,7 @@ from app.schemas import (
     JobRef,
     ReindexAccepted,
     ReindexRequest,
+    ReplicaInfo,
     VersionInfo,
     Versions,
 )
@@ -56,7 +57,8 @@ async def job(job_id: str, service: ServiceDep) -> Job:
 
 @router.get("/versions", response_model=Versions)
 async def versions(service: ServiceDep) -> Versions:
-    """Every known version with its aliases, current build, item count and state."""
+    """Every known version with its aliases, current build, item count and state; what each live
+    replica serves."""
     out = []
     for tag, served in sorted(service.versions.items()):
         snap = service.registry.get(tag)
@@ -71,7 +73,8 @@ async def versions(service: ServiceDep) -> Versions:
                 metrics=dict(served.manifest.metrics),
             )
         )
-    return Versions(versions=out, aliases=dict(service.aliases))
+    replicas = [ReplicaInfo.model_validate(r) for r in await service.live_replicas()]
+    return Versions(versions=out, aliases=dict(service.aliases), replicas=replicas)
 
 
 @router.put(

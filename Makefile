@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 DATA ?= data/ml-100k
+SCHEMA ?= examples/movielens/schema.toml
 export TWOTOWER_DATA_DIR ?= $(DATA)
 export TWOTOWER_INDEX_STORE ?= var/index
 
@@ -52,8 +53,8 @@ lint: $(VENV)/.dev ## ruff and mypy
 test: $(VENV)/.dev redis-server lint ## install dev deps and redis-server, lint, run the whole suite
 	$(BIN)/pytest -q
 
-train: $(VENV)/.dev data ## train, evaluate and export a new model version into var/models
-	$(BIN)/twotower train --data $(DATA) --model-store var/models
+train: $(VENV)/.dev data ## train from $(SCHEMA) on $(DATA), evaluate, export a new version into var/models
+	$(BIN)/twotower train --schema $(SCHEMA) --data $(DATA) --model-store var/models
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[bench]'

@@ -17,6 +17,7 @@ from models.errors import (
     BuildRefused,
     FeatureError,
     IndexNotReady,
+    StorageFull,
     StoreUnavailable,
     TwoTowerError,
     UnknownVersion,
@@ -55,6 +56,8 @@ def _status(exc: TwoTowerError) -> int:
         return 422
     if isinstance(exc, UnknownVersion):
         return 404
+    if isinstance(exc, StorageFull):
+        return 507  # Insufficient Storage: retrying will not help until space is freed
     if isinstance(exc, IndexNotReady | StoreUnavailable):
         return 503
     if isinstance(exc, BuildRefused):

@@ -13,12 +13,13 @@ from fastapi import FastAPI
 
 from app import errors
 from app.api.routes import admin, health, recall, score
-from app.features import make_store
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestMetrics
+from app.reindex.jobs import submit
+from app.reindex.worker import Worker
 from app.service import Service
 from app.settings import Settings
-from app.worker import Worker, submit
+from app.state import make_store
 from models.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,14 @@ class Metrics:
         self.store_errors = Counter(
             "twotower_feature_store_errors", "Feature store calls that failed", ["op"], registry=r
         )
+        self.worker_last_loop = Gauge(
+            "twotower_worker_last_loop_timestamp_seconds",
+            "When the reindex worker of this process last went round its loop (unix time)",
+            registry=r,
+        )
+        self.worker_failures = Counter(
+            "twotower_worker_failures", "Unexpected failures the reindex worker survived", registry=r
+        )
         self.cold_start = Counter("twotower_cold_start", "Requests served as cold-start users", registry=r)
 
     def render(self) -> bytes:

@@ -63,6 +63,9 @@ class ScoreResponse(BaseModel):
 
 class ReindexRequest(_Strict):
     model_version: ItemId | None = None
+    allow_shrink: StrictBool = Field(
+        False, description="build even if the catalog shrank below index.max_shrink of the current build's"
+    )
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -87,6 +90,26 @@ class Job(BaseModel):
     index_build: str | None
     items: int
     error: str | None
+    attempts: int = 0  # runs started; a job handed back after its worker died is run again
+
+
+class WorkerStatus(BaseModel):
+    worker_id: str
+    host: str
+    pid: int
+    state: str  # idle, starting, waiting for the lock, building, backing off
+    job_id: str | None
+    alive: bool  # heard from within three leases
+    started_at: float
+    last_loop_at: float
+    seen_at: float
+    jobs_done: int
+    failures: int  # unexpected failures it survived
+    last_error: str | None
+
+
+class Workers(BaseModel):
+    workers: list[WorkerStatus]
 
 
 class VersionInfo(BaseModel):

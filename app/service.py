@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
-from app.features import FeatureStore
 from app.metrics import Metrics
+from app.reindex.jobs import submit
 from app.settings import Settings
-from app.worker import submit
+from app.state import FeatureStore
 from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from index_store.store import IndexStore
@@ -59,14 +59,17 @@ class ServedVersion:
 class UserContext:
     row: dict[str, Any]
     cold_start: bool
+    history_keys: tuple[str, ...] = ("history",)  # the schema's from_interactions sources
 
     def recent_history(self, n: int) -> list[str]:
-        """The `n` most recent history entries (history is kept oldest first); slicing first keeps a
-        150k-entry history from costing a pass over all of it."""
-        h = self.row.get("history") or []
-        if n <= 0 or not isinstance(h, list):
-            return []
-        return [x for x in h[-n:] if isinstance(x, str)]
+        """At most `n` history entries, the most recent first taken (each history is kept oldest
+        first); slicing first keeps a 150k-entry history from costing a pass over all of it."""
+        out: list[str] = []
+        for key in self.history_keys:
+            h = self.row.get(key)
+            if isinstance(h, list) and len(out) < n:
+                out += [x for x in h[-(n - len(out)) :] if isinstance(x, str)]
+        return out
 
 
 @dataclass(frozen=True)
@@ -199,12 +202,16 @@ class Service:
         ready = sorted(v for v in self.versions if self.registry.get(v) is not None)
         if not ready:
             return
-        self.aliases[DEFAULT_ALIAS] = ready[-1]
+        # Only where no record of it exists anywhere (Redis or the mirror file): a Redis restarted
+        # empty gets its record back, it is never replaced by "the newest".
         try:
-            await self.store.set_alias(DEFAULT_ALIAS, ready[-1])
-            log.info("alias %s -> %s (first boot)", DEFAULT_ALIAS, ready[-1])
+            target = await self.store.init_alias(DEFAULT_ALIAS, ready[-1])
+            if target == ready[-1]:
+                log.info("alias %s -> %s", DEFAULT_ALIAS, target)
         except StoreUnavailable as exc:
-            log.warning("alias %s not persisted: %s", DEFAULT_ALIAS, exc)
+            target = ready[-1]
+            log.warning("alias %s not persisted (serving %s meanwhile): %s", DEFAULT_ALIAS, target, exc)
+        self.aliases[DEFAULT_ALIAS] = target
 
     def resolve(self, name: str | None) -> ServedVersion:
         name = name or DEFAULT_ALIAS
@@ -266,7 +273,7 @@ class Service:
         """Renew this replica's record (on every poll), so alias moves can check it."""
         ttl = max(self.settings.replica_ttl_s, 3 * self.settings.poll_interval_s)
         try:
-            await self.store.put_replica(self.replica_id, self.served_record(), ttl)
+            await self.store.put_replica(self.served_record(), ttl)
         except StoreUnavailable as exc:
             log.warning("replica record not renewed: %s", exc)
 
@@ -392,7 +399,8 @@ class Service:
     def warm_up(self, served: ServedVersion, snap: Snapshot) -> None:
         """A few real tower runs and searches before the build takes traffic; NaN refuses it."""
         sample = [str(x) for x in snap.ids[: min(5, snap.size)]]
-        users: list[dict[str, Any]] = [{"user_id": None}, {"user_id": None, "history": sample}]
+        history = {key: sample for key in served.manifest.features.layout.history}
+        users: list[dict[str, Any]] = [{}, history]  # a cold user, and one with a history
         q = served.user.embed(users)
         results = snap.search(q, min(10, max(1, snap.size)))
         vecs, found = snap.vectors_for(sample)
@@ -432,11 +440,12 @@ class Service:
                     raise
                 # The request carries its own features: serve it on them alone.
                 log.warning("feature store down: a request served on its own features only")
-        row = {**(stored or {}), **sent, "user_id": user_id}
+        # The id goes under the schema's id column: an imported schema may call it anything.
+        row = {**(stored or {}), **sent, served.user.encoder.tower.id_field: user_id}
         cold = stored is None and not sent
         if cold:
             self.metrics.cold_start.inc()
-        return UserContext(row, cold)
+        return UserContext(row, cold, served.manifest.features.layout.history)
 
     def _check_sequence_ids(self, tower: TowerRunner, sent: Mapping[str, Any], where: str) -> None:
         """Item ids inside a sequence feature (a history) get the id length limit of every id."""
@@ -491,7 +500,7 @@ class Service:
                 valid = served.item.encoder.validate(feats, f"items.{i}.features")
                 self._check_sequence_ids(served.item, valid, f"items.{i}.features")
                 with_features.append(i)
-                rows.append({**valid, "item_id": item_id})
+                rows.append({**valid, served.item.encoder.tower.id_field: item_id})
         user = await self.user_context(served, user_id, features)
 
         def compute() -> list[float | None]:

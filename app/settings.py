@@ -36,6 +36,10 @@ class IndexSettings(BaseModel):
     batch_size: int = Field(4096, ge=1)
     build_threads: int = Field(2, ge=1)
     keep_builds: int = Field(3, ge=1)
+    # A build whose catalog is smaller than this share of the current build's is refused (a reindex
+    # started while `twotower load` is half done); 0 turns the guard off. Override per build with
+    # `twotower reindex --allow-shrink` or `{"allow_shrink": true}`.
+    max_shrink: float = Field(0.5, ge=0, le=1)
     # Niceness of a build process. Measured: at 0 a 1M rebuild beside the API pushed /recall p99
     # from 4 ms to 103-472 ms; at 19, 7 ms (the build takes ~25% longer).
     build_nice: int = Field(19, ge=0, le=19)

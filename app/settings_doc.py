@@ -47,6 +47,8 @@ DESCRIPTIONS = {
     "INDEX__BUILD_THREADS": "ONNX Runtime and Faiss threads of a build",
     "INDEX__KEEP_BUILDS": "builds kept per version (the current one is never pruned)",
     "INDEX__BUILD_NICE": "niceness of the build process, so that a rebuild does not starve requests",
+    "INDEX__MAX_SHRINK": "a build whose catalog is smaller than this share of the current build's is "
+    'refused (0 = off; override: `reindex --allow-shrink`, `{"allow_shrink": true}`)',
     "RUNTIME__ONNX_INTRA_THREADS": "ONNX Runtime threads per request (user tower, item tower in /score)",
     "RUNTIME__ONNX_SPINNING": "let ONNX Runtime spin-wait between calls (burns a core; off)",
     "RUNTIME__FAISS_THREADS": "Faiss threads per search (one query per request: 1 is fastest here)",

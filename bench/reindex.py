@@ -44,7 +44,7 @@ def peak_rss_mb() -> float:
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
-    from app.features import iter_catalog_file, sample_users
+    from app.catalog import iter_catalog_file, sample_users
     from app.settings import Settings
     from index_store.build import IndexConfig
     from index_store.store import IndexStore

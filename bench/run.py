@@ -223,7 +223,7 @@ def build_indexes(ctx: Context) -> None:
 
 def user_rows(data: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """The first `n` users' feature rows exactly as the in-process store serves them."""
-    from app.features import read_users
+    from app.catalog import read_users
 
     users = read_users(data)
     ids = list(users)[:n]

@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index_store.build import HNSW, IVF, search_parameters
+from index_store.build import HNSW, IVF, pad_queries, search_parameters
 from index_store.threads import set_faiss_threads
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,13 @@ class Snapshot:
         fetch = min(self.size, k + max(len(b) for b in banned))
         # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.
         set_faiss_threads(self.threads)
-        scores, rows = self.index.search(q, fetch, params=search_parameters(self.kind, self.search_params))
+        iq = pad_queries(q, self.index.d)  # the MIPS coordinate of a dot model's ANN index (build.py)
+        scores, rows = self.index.search(iq, fetch, params=search_parameters(self.kind, self.search_params))
         out = [self._pick(scores[i], rows[i], banned[i], want[i]) for i in range(nq)]
         short = [i for i in range(nq) if len(out[i]) < want[i]]
         if short and self.kind in (IVF, HNSW):
             wider = {name: value * _WIDEN for name, value in self.search_params.items()}
-            scores, rows = self.index.search(q[short], fetch, params=search_parameters(self.kind, wider))
+            scores, rows = self.index.search(iq[short], fetch, params=search_parameters(self.kind, wider))
             for j, i in enumerate(short):
                 out[i] = self._pick(scores[j], rows[j], banned[i], want[i])
             short = [i for i in short if len(out[i]) < want[i]]

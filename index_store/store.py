@@ -5,10 +5,13 @@
                                 ids.npy      item ids (unicode, no pickle); row i of the index = ids[i]
                                 vectors.npy  float32 [N, dim], the stored vector of every item (for /score)
                                 manifest.json
-    <root>/<version>/.tmp-<build_id>/       a build being written; removed by the next build
+    <root>/<version>/.tmp-<build_id>.<pid>/  a build being written by process <pid>; removed by a
+                                            later build once that process is gone
+    <root>/<version>/.publish.lock          flock: fence + CURRENT compare-and-set, prune
 
-A build writes a temporary directory, fsyncs it, renames it into place, then (after `fence()`)
-replaces CURRENT. A crash at any point leaves the previous CURRENT intact.
+A build writes a temporary directory, fsyncs it, renames it into place, then, under the publish
+lock, checks `fence()` and that CURRENT is still older than itself, and replaces CURRENT. A crash at
+any point leaves the previous CURRENT intact.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import onnxruntime as ort
 
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
 from index_store.encode import encode_catalog
+from index_store.locking import file_lock, pid_alive
 from index_store.snapshot import Snapshot
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
 from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version, sha256_file
@@ -48,6 +52,7 @@ VECTORS_FILE = "vectors.npy"
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 TMP_PREFIX = ".tmp-"
+PUBLISH_LOCK = ".publish.lock"
 DATA_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE)
 REQUIRED = ("format", "model_version", "build_id", "item_count", "dim", "index", "files", "item_tower_sha256")
 
@@ -189,9 +194,11 @@ class IndexStore:
             raise ArtifactError(
                 f"{bdir / VECTORS_FILE}: expected float32 {(n, dim)}, got {vectors.dtype} {vectors.shape}"
             )
-        if index.ntotal != n or index.d != dim:
+        # A dot model's ANN index holds one extra (MIPS) coordinate per vector; see index_store.build.
+        index_dim = dim + (1 if manifest["index"].get("params", {}).get("mips_max_norm") is not None else 0)
+        if index.ntotal != n or index.d != index_dim:
             raise ArtifactError(
-                f"{bdir / INDEX_FILE}: holds {index.ntotal} x {index.d}, manifest says {n} x {dim}"
+                f"{bdir / INDEX_FILE}: holds {index.ntotal} x {index.d}, manifest says {n} x {index_dim}"
             )
         kind = kind_of(index)
         if kind != manifest["index"].get("kind"):
@@ -240,12 +247,15 @@ class IndexStore:
         build_id: str | None = None,
         progress: Callable[[int], None] | None = None,
         users: Iterable[Mapping[str, Any]] = (),
+        allow_shrink: bool = False,
     ) -> str:
         """Encode `catalog` with the version's item tower, index, verify recall, persist, publish.
 
-        The caller holds the per-version build lock: stale `.tmp-*` directories are removed as
-        leftovers of crashed builds. `fence()` is called right before CURRENT is replaced and must
-        raise if this worker lost the lock; the new build is then deleted, never published.
+        The caller holds the per-version build lock. `.tmp-*` directories whose writer process is
+        gone are removed as leftovers of crashed builds. `fence()` is called under the publish lock
+        right before CURRENT is replaced and must raise if this worker lost the lock; the new build
+        is then deleted, never published. A catalog smaller than `config.max_shrink` times the
+        current build's is refused unless `allow_shrink`.
         """
         started = time.monotonic()
         build_id = check_tag(build_id or new_build_id())
@@ -263,12 +273,14 @@ class IndexStore:
         ids, vectors = encode_catalog(runner, catalog, batch_size=config.batch_size, progress=progress)
         encode_s = time.monotonic() - t
         _check_unique(ids)
+        if not allow_shrink:
+            self._check_shrink(vdir, len(ids), config.max_shrink)
         t = time.monotonic()
         built = build_index(vectors, config, self._user_queries(model_store, model, users, config))
         index_s = time.monotonic() - t
 
         t = time.monotonic()
-        tmp, final = vdir / f"{TMP_PREFIX}{build_id}", vdir / build_id
+        tmp, final = vdir / f"{TMP_PREFIX}{build_id}.{os.getpid()}", vdir / build_id
         tmp.mkdir()
         try:
             timings = {
@@ -285,15 +297,27 @@ class IndexStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        try:
-            if fence is not None:
-                fence()
-        except BaseException:
-            log.warning("index build %s/%s: fence refused the publish; deleting it", model_version, build_id)
-            shutil.rmtree(final, ignore_errors=True)
-            raise
-        pointer = {"build_id": build_id, "manifest_sha256": manifest}
-        _write_atomic(vdir / CURRENT, (json.dumps(pointer, sort_keys=True) + "\n").encode())
+        with file_lock(vdir / PUBLISH_LOCK):
+            try:
+                if fence is not None:
+                    fence()
+                try:
+                    current = self.current_build(model_version)
+                except TwoTowerError as exc:  # an unreadable CURRENT is replaced, not obeyed
+                    log.warning("index build %s/%s: replacing CURRENT: %s", model_version, build_id, exc)
+                    current = None
+                if current is not None and current >= build_id:
+                    raise BuildRefused(
+                        f"build {current} of {model_version} was published after this one started: "
+                        f"{build_id} is not made current"
+                    )
+            except BaseException:
+                log.warning("index build %s/%s: publish refused; deleting it", model_version, build_id)
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+            pointer = {"build_id": build_id, "manifest_sha256": manifest}
+            _write_atomic(vdir / CURRENT, (json.dumps(pointer, sort_keys=True) + "\n").encode())
+            self._prune_locked(model_version, config.keep_builds)
         log.info(
             "index build %s/%s published: %d items, %s, %.1fs",
             model_version,
@@ -302,8 +326,26 @@ class IndexStore:
             built.factory,
             time.monotonic() - started,
         )
-        self.prune(model_version, keep=config.keep_builds)
         return build_id
+
+    def _check_shrink(self, vdir: Path, items: int, max_shrink: float) -> None:
+        """Refuse a catalog that shrank below `max_shrink` of the current build's (a half-done load)."""
+        try:
+            current = self.current_build(vdir.name)
+        except TwoTowerError:
+            return  # an unreadable current build is no yardstick
+        if current is None or max_shrink <= 0:
+            return
+        try:
+            previous = int(json.loads((vdir / current / MANIFEST).read_text())["item_count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # an unreadable current build is no yardstick
+        if items < max_shrink * previous:
+            raise BuildRefused(
+                f"catalog shrank from {previous} items (build {current}) to {items}, below "
+                f"index.max_shrink={max_shrink:g} of it: refused; if intended, reindex with "
+                '--allow-shrink (admin: {"allow_shrink": true})'
+            )
 
     def _write_build(
         self,
@@ -380,8 +422,15 @@ class IndexStore:
         n = self.keep if keep is None else keep
         if n < 1:
             raise ValueError(f"keep must be >= 1, got {n}")
-        current = self.current_build(version)
+        with file_lock(self.root / check_tag(version) / PUBLISH_LOCK):
+            return self._prune_locked(version, n)
+
+    def _prune_locked(self, version: str, n: int) -> list[str]:
+        # List first, then read CURRENT: a build published in between is either listed (and
+        # CURRENT read after names it) or not listed (and so not removed). Under the publish lock
+        # nothing is published in between anyway.
         builds = self.builds(version)
+        current = self.current_build(version)
         keep_ids = set(builds[-n:]) | ({current} if current else set())
         removed = [b for b in builds if b not in keep_ids]
         for b in removed:
@@ -391,10 +440,20 @@ class IndexStore:
 
     @staticmethod
     def _remove_stale_tmp(vdir: Path) -> None:
+        """Remove `.tmp-<build_id>.<pid>` directories whose writer is not a live process here.
+
+        A live writer is left alone even if it lost its lock: it is fenced at publish. (A writer
+        on another host cannot be checked; its pid is most likely not alive here, and such a
+        build lost its lock to us.)"""
         for p in vdir.iterdir():
-            if p.name.startswith(TMP_PREFIX) and p.is_dir():
-                log.warning("removing %s: left by an interrupted build", p)
-                shutil.rmtree(p, ignore_errors=True)
+            if not (p.name.startswith(TMP_PREFIX) and p.is_dir()):
+                continue
+            pid = p.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+                log.info("keeping %s: its builder (pid %s) is still running", p, pid)
+                continue
+            log.warning("removing %s: left by an interrupted build", p)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 _MAP_CHUNK = 20_000

@@ -1,56 +1,75 @@
-"""MovieLens-100k fetching and the project's data format (users.jsonl, items.jsonl, interactions.csv)."""
+"""The one reader for users, items and interactions: Parquet, CSV or JSON lines.
+
+A table is named by a stem in the data directory (`users` -> users.parquet | users.csv |
+users.jsonl, whichever exists) and its columns by the schema. Values are checked and converted
+by the kind of the field that reads them, so the three formats give the same rows:
+
+- ids and text fields (categorical, hashed, hashed_words) are strings (integers become their text);
+- bucket and numeric fields are numbers (a bool is not a number; NaN and infinity are refused);
+- multi_hot and sequence fields are lists of strings, vector fields lists of numbers; in a CSV
+  cell such a list is JSON (`["Comedy", "Drama"]`, `[0.1, 0.2]`);
+- an empty CSV cell, a JSON `null` and a Parquet null are a missing value.
+
+Without a schema (the service's in-process store when it is given only a data directory), CSV
+cells that parse as JSON numbers or lists are read as such and everything else stays text.
+Every error is a DataError naming the file, the row and the column.
+"""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import math
-import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from models.errors import DataError
+from models.features import FieldSpec, TowerSchema, as_float
+from models.layout import FORMATS, DataLayout
 
-USERS = "users.jsonl"
-ITEMS = "items.jsonl"
-INTERACTIONS = "interactions.csv"
-SOURCE = "SOURCE.json"
-INTERACTION_HEADER = ("user_id", "item_id", "rating", "timestamp")
-
-RECBOLE = "recbole==1.2.1"
-_PREFIX = "recbole/dataset_example/ml-100k/ml-100k"
-# Recorded once from the recbole 1.2.1 wheel on PyPI; a mismatch means the source changed under us.
-ML100K_SHA256 = {
-    "inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-    "user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
-    "item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+Column = Literal["id", "text", "number", "texts", "vector", "any"]
+_COLUMN_OF_KIND: dict[str, Column] = {
+    "categorical": "text",
+    "hashed": "text",
+    "hashed_words": "text",
+    "bucket": "number",
+    "numeric": "number",
+    "multi_hot": "texts",
+    "sequence": "texts",
+    "vector": "vector",
 }
-_YEAR_IN_TITLE = re.compile(r"\((\d{4})\)")
+_BATCH = 8192
 
 
 class Interaction(NamedTuple):
     user_id: str
     item_id: str
-    rating: float
-    timestamp: int
+    timestamp: float  # the row number when the data has no timestamp column: file order is time order
+
+
+class HasTowers(Protocol):
+    """A schema file (`models.schema.SchemaFile`) or a resolved schema (`FeatureSchema`)."""
+
+    @property
+    def user(self) -> TowerSchema: ...
+
+    @property
+    def item(self) -> TowerSchema: ...
+
+    @property
+    def layout(self) -> DataLayout: ...
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Users and items keyed by id (raw feature dicts), interactions sorted by time."""
+    """Users and items keyed by id (raw feature dicts, id included), interactions in file order."""
 
     users: Mapping[str, dict[str, Any]]
     items: Mapping[str, dict[str, Any]]
     interactions: list[Interaction] = field(default_factory=list)
+    layout: DataLayout = field(default_factory=DataLayout)
 
     def histories(self) -> dict[str, list[Interaction]]:
         """Each user's interactions in timestamp order (ties keep file order)."""
@@ -62,136 +81,137 @@ class Dataset:
         return out
 
 
-# --------------------------------------------------------------------------- fetch
+# --------------------------------------------------------------------------- files
 
 
-def fetch_ml100k(out: Path) -> None:
-    """Download the recbole wheel, verify the bundled ml-100k atomic files, write the project format.
-
-    `out` appears complete or not at all: the files are written to a temporary sibling and renamed.
-    """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: exists and is not empty; choose another --out or remove it")
-    with tempfile.TemporaryDirectory(prefix="twotower-recbole-") as dl:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", RECBOLE, "--no-deps", "--quiet", "-d", dl],
-            capture_output=True,
-            text=True,
-        )
-        wheels = sorted(Path(dl).glob("recbole-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise DataError(f"pip download {RECBOLE} failed: {proc.stderr.strip()[-500:]}")
-        raw = read_recbole_wheel(wheels[0])
-    write_project_format(out, raw, source={"package": RECBOLE, "wheel": wheels[0].name})
+def table_path(data_dir: Path, stem: str) -> Path:
+    """`<stem>.parquet`, `.csv` or `.jsonl` in `data_dir` (a stem with one of those endings is taken
+    as is). Two candidates at once are refused rather than guessed between."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a directory")
+    if stem.endswith(FORMATS):
+        path = data_dir / stem
+        if not path.is_file():
+            raise DataError(f"{path}: not found")
+        return path
+    found = [data_dir / f"{stem}{ext}" for ext in FORMATS if (data_dir / f"{stem}{ext}").is_file()]
+    if not found:
+        raise DataError(f"{data_dir / stem}.{{parquet,csv,jsonl}}: not found")
+    if len(found) > 1:
+        raise DataError(f"{data_dir}: both {found[0].name} and {found[1].name}; keep one")
+    return found[0]
 
 
-def read_recbole_wheel(wheel: Path) -> dict[str, bytes]:
-    """The three ml-100k atomic files from the wheel, checked against the recorded sha256."""
-    raw: dict[str, bytes] = {}
-    with zipfile.ZipFile(wheel) as zf:
-        for ext, digest in ML100K_SHA256.items():
-            name = f"{_PREFIX}.{ext}"
-            try:
-                data = zf.read(name)
-            except KeyError as exc:
-                raise DataError(f"{wheel.name}: has no {name}") from exc
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != digest:
-                raise DataError(f"{wheel.name}:{name}: sha256 {actual} != recorded {digest}")
-            raw[ext] = data
-    return raw
+def has_table(data_dir: Path, stem: str) -> bool:
+    """Whether `data_dir` holds a table for `stem` in any of the formats."""
+    data_dir = Path(data_dir)
+    if stem.endswith(FORMATS):
+        return (data_dir / stem).is_file()
+    return any((data_dir / f"{stem}{ext}").is_file() for ext in FORMATS)
 
 
-def _atomic_rows(text: str, name: str) -> Iterator[tuple[int, list[str]]]:
-    lines = text.splitlines()
-    for lineno, line in enumerate(lines[1:], start=2):
-        if line.strip():
-            yield lineno, line.split("\t")
+def columns_of(tower: TowerSchema) -> dict[str, tuple[Column, FieldSpec | None]]:
+    """The columns one tower's table must have (the id and every field's source, except the ones
+    filled from the interactions), with the type each is read as."""
+    out: dict[str, tuple[Column, FieldSpec | None]] = {tower.id_field: ("id", None)}
+    for f in tower.fields:
+        if not f.from_interactions and f.source not in out:
+            out[f.source] = (_COLUMN_OF_KIND[f.kind], f)
+    return out
 
 
-def convert_recbole(
-    raw: Mapping[str, bytes],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Interaction]]:
-    """RecBole atomic files -> project rows. RecBole strips the year from titles; it is put back."""
-    users: list[dict[str, Any]] = []
-    for lineno, p in _atomic_rows(raw["user"].decode("utf-8"), "ml-100k.user"):
-        if len(p) != 5:
-            raise DataError(f"ml-100k.user:{lineno}: expected 5 columns, got {len(p)}")
-        users.append({"user_id": p[0], "age": int(p[1]), "gender": p[2], "occupation": p[3], "zip": p[4]})
-    items: list[dict[str, Any]] = []
-    for lineno, p in _atomic_rows(raw["item"].decode("utf-8", errors="replace"), "ml-100k.item"):
-        if len(p) != 4:
-            raise DataError(f"ml-100k.item:{lineno}: expected 4 columns, got {len(p)}")
-        item_id, title, year_tok, classes = p
-        year: int | None = None
-        if year_tok.isdigit():
-            year = int(year_tok)
-            title = f"{title} ({year_tok})"
-        elif title == "unkonwn":  # item 267 is unknown in the original data too (RecBole's typo)
-            title = "unknown"
-        else:
-            # e.g. item 1412: the original "... (1995) (V)" was split at the wrong parenthesis
-            title = f"{title} ({year_tok})"
-            m = _YEAR_IN_TITLE.search(title)
-            year = int(m.group(1)) if m else None
-        genres = [g for g in classes.split(" ") if g]
-        items.append({"item_id": item_id, "title": title, "genres": genres, "release_year": year})
-    inter: list[Interaction] = []
-    for lineno, p in _atomic_rows(raw["inter"].decode("utf-8"), "ml-100k.inter"):
-        if len(p) != 4:
-            raise DataError(f"ml-100k.inter:{lineno}: expected 4 columns, got {len(p)}")
-        inter.append(Interaction(p[0], p[1], float(p[2]), int(float(p[3]))))
-    inter.sort(key=lambda r: (r.timestamp, r.user_id, r.item_id))
-    return users, items, inter
+def iter_rows(
+    path: Path,
+    columns: Mapping[str, tuple[Column, FieldSpec | None]] | None = None,
+    text: Collection[str] = (),
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Stream (location, row) from one file. With `columns`, rows hold exactly those columns,
+    converted (None = missing); a column the file lacks is an error unless its field has a
+    default. Without, rows hold every column as read (CSV cells inferred, except `text` columns)."""
+    suffix = path.suffix
+    if suffix == ".parquet":
+        raw = _parquet(path, list(columns) if columns else None)
+    elif suffix == ".csv":
+        raw = _csv(path)
+    elif suffix == ".jsonl":
+        raw = _jsonl(path)
+    else:
+        raise DataError(f"{path}: unknown format (use .parquet, .csv or .jsonl)")
+    is_csv = suffix == ".csv"
+    seen: set[str] = set()
+    header_checked = False
+    for where, row, header in raw:
+        if columns is not None and header is not None and not header_checked:
+            _check_header(path, header, columns)
+            header_checked = True
+        if columns is None:
+            yield where, {k: v if k in text else _infer(v) for k, v in row.items()} if is_csv else row
+            continue
+        out: dict[str, Any] = {}
+        for col, (ctype, spec) in columns.items():
+            if col in row:
+                seen.add(col)
+            out[col] = _convert(row.get(col), ctype, spec, is_csv, where, col)
+        yield where, out
+    if columns is not None and suffix == ".jsonl" and seen:
+        # JSON lines have no header: a key that no row carries (even as null) is the same mistake
+        _check_header(path, seen, columns)
 
 
-def write_project_format(out: Path, raw: Mapping[str, bytes], source: Mapping[str, Any]) -> None:
-    users, items, inter = convert_recbole(raw)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+def _check_header(path: Path, header: Any, columns: Mapping[str, tuple[Column, FieldSpec | None]]) -> None:
+    for col, (ctype, spec) in columns.items():
+        if col in header:
+            continue
+        if spec is not None and spec.default is not None:
+            continue
+        what = "the id column" if ctype == "id" else f"field {spec.name!r}" if spec else col
+        raise DataError(f"{path}: no column {col!r} ({what}); columns are {sorted(header)}")
+
+
+def _parquet(path: Path, columns: list[str] | None) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        write_dataset(tmp, users, items, inter)
-        meta = {
-            "dataset": "MovieLens-100k (GroupLens), as bundled in the RecBole wheel",
-            **source,
-            "files": {f"{_PREFIX}.{ext}": digest for ext, digest in ML100K_SHA256.items()},
-            "counts": {"users": len(users), "items": len(items), "interactions": len(inter)},
-            "license": "MovieLens terms of use: https://files.grouplens.org/datasets/movielens/ml-100k-README.txt",
-        }
-        (tmp / SOURCE).write_text(json.dumps(meta, indent=2) + "\n")
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data is meant to be read by the service
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        pf = pq.ParquetFile(path)
+        names = set(pf.schema_arrow.names)
+        if columns is not None:
+            columns = [c for c in columns if c in names]
+        n = 0
+        for batch in pf.iter_batches(batch_size=_BATCH, columns=columns):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{path}:row {n}", row, names
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
-def write_dataset(
-    out: Path, users: list[dict[str, Any]], items: list[dict[str, Any]], interactions: list[Interaction]
-) -> None:
-    """Write the three project files into an existing directory (used by fetch and by tests)."""
-    with open(out / USERS, "w") as f:
-        for u in users:
-            f.write(json.dumps(u) + "\n")
-    with open(out / ITEMS, "w") as f:
-        for it in items:
-            f.write(json.dumps(it) + "\n")
-    with open(out / INTERACTIONS, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(INTERACTION_HEADER)
-        for r in sorted(interactions, key=lambda r: (r.timestamp, r.user_id, r.item_id)):
-            rating = int(r.rating) if float(r.rating).is_integer() else r.rating
-            w.writerow([r.user_id, r.item_id, rating, r.timestamp])
+def _csv(path: Path) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    try:
+        f = open(path, encoding="utf-8", newline="")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: not found") from exc
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty (expected a header row)")
+            header = [h.strip() for h in header]
+            for lineno, cells in enumerate(reader, start=2):
+                if not cells:
+                    continue
+                if len(cells) != len(header):
+                    raise DataError(f"{path}:{lineno}: expected {len(header)} columns, got {len(cells)}")
+                yield f"{path}:{lineno}", dict(zip(header, cells, strict=True)), header
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid CSV ({exc})") from exc
 
 
-# --------------------------------------------------------------------------- load
+def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    for lineno, row in iter_jsonl(path):
+        yield f"{path}:{lineno}", row, None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -199,104 +219,211 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"{path}: not found")
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+        try:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object")
+                yield lineno, row
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 ({exc})") from exc
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _infer(cell: str) -> Any:
+    """A CSV cell without a schema: JSON numbers and lists as such, an empty cell missing, else text."""
+    if cell == "":
+        return None
+    if cell[0] in "[-0123456789":
+        try:
+            value = json.loads(cell)
+        except ValueError:
+            return cell
+        if isinstance(value, list) or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return value
+    return cell
+
+
+def _convert(value: Any, ctype: Column, spec: FieldSpec | None, is_csv: bool, where: str, col: str) -> Any:
+    if value is None or (is_csv and value == ""):
+        return None
+    if ctype == "any":
+        return value
+    if ctype in ("id", "text"):
+        if isinstance(value, str):
+            if ctype == "id" and not value:
+                raise DataError(f"{where}: column {col!r}: the id must be a non-empty string")
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise DataError(f"{where}: column {col!r}: expected text, got {type(value).__name__} {value!r}")
+    if ctype == "number":
+        x: Any = value
+        if is_csv:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, row
+                x = int(value)
+            except ValueError:
+                try:
+                    x = float(value)
+                except ValueError:
+                    raise DataError(f"{where}: column {col!r}: expected a number, got {value!r}") from None
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise DataError(f"{where}: column {col!r}: expected a number, got {type(x).__name__} {x!r}")
+        if as_float(x) is None:
+            raise DataError(f"{where}: column {col!r}: must be a finite number, got {value!r}")
+        return x
+    if is_csv:
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(
+                f"{where}: column {col!r}: expected a JSON list in the cell, got {value!r}"
+            ) from None
+    if not isinstance(value, list):
+        raise DataError(f"{where}: column {col!r}: expected a list, got {type(value).__name__}")
+    if ctype == "texts":
+        out = []
+        for v in value:
+            if isinstance(v, str):
+                out.append(v)
+            elif isinstance(v, int) and not isinstance(v, bool):
+                out.append(str(v))
+            else:
+                raise DataError(f"{where}: column {col!r}: expected a list of strings, got {v!r} in it")
+        return out
+    # vector
+    assert spec is not None
+    if len(value) != spec.dim:
+        raise DataError(f"{where}: column {col!r}: expected {spec.dim} numbers, got {len(value)}")
+    if not all(as_float(v) is not None for v in value):
+        raise DataError(f"{where}: column {col!r}: every number must be finite")
+    return [float(v) for v in value]
 
 
-def _read_jsonl(path: Path, id_key: str) -> dict[str, dict[str, Any]]:
+def _timestamp(value: Any, where: str, col: str) -> float:
+    """Seconds: a number, numeric text, an ISO 8601 text or a Parquet timestamp."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            raise DataError(f"{where}: column {col!r}: not a timestamp: {value!r}") from None
+    x = as_float(value)
+    if x is None:
+        raise DataError(f"{where}: column {col!r}: not a timestamp: {value!r}")
+    return x
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def read_table(path: Path, tower: TowerSchema | None, id_column: str) -> dict[str, dict[str, Any]]:
+    """{id: row} of a users or items file; a missing or duplicate id names the row."""
     out: dict[str, dict[str, Any]] = {}
-    for lineno, row in iter_jsonl(path):
-        rid = row.get(id_key)
+    columns = columns_of(tower) if tower is not None else None
+    for where, row in iter_rows(path, columns, text=(id_column,)):
+        rid = row.get(id_column)
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            rid = row[id_column] = str(rid)
         if not isinstance(rid, str) or not rid:
-            raise DataError(f"{path}:{lineno}: {id_key!r} must be a non-empty string, got {rid!r}")
+            raise DataError(f"{where}: column {id_column!r} must be a non-empty id, got {rid!r}")
         if rid in out:
-            raise DataError(f"{path}:{lineno}: duplicate {id_key} {rid!r}")
-        _check_types(row, path, lineno)
+            raise DataError(f"{where}: duplicate {id_column} {rid!r}")
         out[rid] = row
     return out
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "age": (int, float),
-    "release_year": (int, float),
-    "gender": (str,),
-    "occupation": (str,),
-    "zip": (str,),
-    "title": (str,),
-    "genres": (list,),
-}
+def read_interactions(
+    path: Path,
+    layout: DataLayout,
+    users: Collection[str] | None = None,
+    items: Collection[str] | None = None,
+) -> list[Interaction]:
+    """The interactions table in file order; a missing timestamp column makes file order the time.
+    With `users` / `items`, an interaction naming anything else is an error."""
+    cols: dict[str, tuple[Column, FieldSpec | None]] = {
+        layout.inter_user: ("id", None),
+        layout.inter_item: ("id", None),
+    }
+    out: list[Interaction] = []
+    ts_col = layout.timestamp
+    for n, (where, row) in enumerate(iter_rows(path, cols | ({ts_col: ("any", None)} if ts_col else {}))):
+        uid, iid = row[layout.inter_user], row[layout.inter_item]
+        if uid is None or iid is None:
+            raise DataError(f"{where}: a user and an item are required, got {uid!r}, {iid!r}")
+        if users is not None and uid not in users:
+            raise DataError(f"{where}: unknown user {uid!r} (not in the users table)")
+        if items is not None and iid not in items:
+            raise DataError(f"{where}: unknown item {iid!r} (not in the items table)")
+        if ts_col is None:
+            ts = float(n)
+        elif row.get(ts_col) is None:
+            raise DataError(f"{where}: column {ts_col!r}: missing timestamp")
+        else:
+            ts = _timestamp(row[ts_col], where, ts_col)
+        out.append(Interaction(uid, iid, ts))
+    return out
 
 
-def _check_types(row: Mapping[str, Any], path: Path, lineno: int) -> None:
-    for key, types in _TYPES.items():
-        v = row.get(key)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, types):
-            raise DataError(f"{path}:{lineno}: {key!r} has type {type(v).__name__}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise DataError(f"{path}:{lineno}: {key!r} must be finite")
-        if isinstance(v, list) and not all(isinstance(g, str) for g in v):
-            raise DataError(f"{path}:{lineno}: 'genres' must be a list of strings")
-
-
-def load_dataset(data_dir: Path) -> Dataset:
-    """Read and validate a dataset in the project format."""
+def load_dataset(data_dir: Path, schema: HasTowers) -> Dataset:
+    """Read and check users, items and interactions as the schema describes them (training)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: not a directory (run `twotower data ml-100k --out {data_dir}`)")
-    users = _read_jsonl(data_dir / USERS, "user_id")
-    items = _read_jsonl(data_dir / ITEMS, "item_id")
-    path = data_dir / INTERACTIONS
-    if not path.is_file():
-        raise DataError(f"{path}: not found")
-    inter: list[Interaction] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != INTERACTION_HEADER:
-            raise DataError(f"{path}:1: header must be {','.join(INTERACTION_HEADER)}, got {header!r}")
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 4:
-                raise DataError(f"{path}:{lineno}: expected 4 columns, got {len(row)}")
-            uid, iid, rating_s, ts_s = row
-            if uid not in users:
-                raise DataError(f"{path}:{lineno}: unknown user_id {uid!r} (not in {USERS})")
-            if iid not in items:
-                raise DataError(f"{path}:{lineno}: unknown item_id {iid!r} (not in {ITEMS})")
-            try:
-                rating = float(rating_s)
-                ts = int(ts_s)
-            except ValueError as exc:
-                raise DataError(f"{path}:{lineno}: bad rating/timestamp {rating_s!r},{ts_s!r}") from exc
-            if not math.isfinite(rating):
-                raise DataError(f"{path}:{lineno}: rating must be finite")
-            inter.append(Interaction(uid, iid, rating, ts))
+        raise DataError(f"{data_dir}: not a directory")
+    layout = schema.layout
+    users = read_table(table_path(data_dir, layout.users), schema.user, layout.user_id)
+    items = read_table(table_path(data_dir, layout.items), schema.item, layout.item_id)
+    path = table_path(data_dir, layout.interactions)
+    inter = read_interactions(path, layout, users, items)
     if not inter:
         raise DataError(f"{path}: no interactions")
-    return Dataset(users=users, items=items, interactions=inter)
+    return Dataset(users=users, items=items, interactions=inter, layout=layout)
 
 
-def vocabularies(data: Dataset) -> dict[str, tuple[str, ...]]:
-    """The vocabularies `default_schema` needs, from the whole catalogue and user table."""
-    from models.features import vocab_from
+def user_rows(
+    data_dir: Path, layout: DataLayout | None = None, schema: HasTowers | None = None
+) -> dict[str, dict[str, Any]]:
+    """What a feature store keeps per user: {user_id: features, with every history key holding the
+    user's items in time order}. The id is the key, not a feature."""
+    layout = schema.layout if schema is not None else (layout or DataLayout())
+    users = read_table(table_path(data_dir, layout.users), schema.user if schema else None, layout.user_id)
+    events = read_interactions(table_path(data_dir, layout.interactions), layout)
+    for row in users.values():
+        row.pop(layout.user_id, None)
+        for key in layout.history:
+            row[key] = []
+    for it in sorted(events, key=lambda e: e.timestamp):
+        user = users.get(it.user_id)
+        if user is None:
+            user = users[it.user_id] = {key: [] for key in layout.history}
+        for key in layout.history:
+            user[key].append(it.item_id)
+    return users
 
-    return {
-        "user_id": vocab_from(data.users),
-        "item_id": vocab_from(data.items),
-        "gender": vocab_from(str(u["gender"]) for u in data.users.values() if u.get("gender") is not None),
-        "occupation": vocab_from(
-            str(u["occupation"]) for u in data.users.values() if u.get("occupation") is not None
-        ),
-        "genre": vocab_from(g for i in data.items.values() for g in i.get("genres") or ()),
-    }
+
+def catalog_rows(
+    data_dir: Path, layout: DataLayout | None = None, schema: HasTowers | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stream the items table (id included, as a string): the catalog an index build encodes."""
+    layout = schema.layout if schema is not None else (layout or DataLayout())
+    path = table_path(data_dir, layout.items)
+    columns = columns_of(schema.item) if schema is not None else None
+    for where, row in iter_rows(path, columns, text=(layout.item_id,)):
+        rid = row.get(layout.item_id)
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            row[layout.item_id] = str(rid)
+        elif not isinstance(rid, str) or not rid:
+            raise DataError(f"{where}: column {layout.item_id!r} must be a non-empty id, got {rid!r}")
+        yield row

@@ -3,9 +3,11 @@
 TwoTowerError
 ├── FeatureError          a feature value or name does not fit the schema (client input)
 ├── DataError             a data file is missing or malformed (names file and row)
+├── SchemaError           a schema file is wrong (names file, field and problem)
 ├── ManifestError         a model or index manifest is missing a field or does not match
 ├── ArtifactError         a file is missing, truncated or fails its checksum
 ├── VersionExists         a model version tag is immutable once written
+├── TowerRefused          an imported ONNX tower does not fit its schema (names the file and input)
 ├── UnknownVersion        no model version or alias by that name
 ├── IndexNotReady         the version is known but has no loaded index yet
 │   └── ReplicasBehind    ... on some live replica (an alias move would 404 there)
@@ -43,6 +45,10 @@ class VersionExists(TwoTowerError):
     pass
 
 
+class TowerRefused(TwoTowerError):
+    pass
+
+
 class UnknownVersion(TwoTowerError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown model version or alias: {name!r}")
@@ -72,3 +78,17 @@ class BuildRefused(TwoTowerError):
 
 class StoreUnavailable(TwoTowerError):
     pass
+
+
+class StorageFull(StoreUnavailable):
+    """A durable write failed for lack of space (ENOSPC, EDQUOT, EFBIG): nothing was changed."""
+
+
+class SchemaError(TwoTowerError):
+    """A schema file is wrong: the message names the file, the field and the problem."""
+
+    def __init__(self, path: str, field: str, message: str) -> None:
+        super().__init__(f"{path}: {field}: {message}" if field else f"{path}: {message}")
+        self.path = path
+        self.field = field
+        self.message = message

@@ -1,8 +1,9 @@
-"""Feature schema and the one transform from raw feature dicts to tower input arrays.
+"""The resolved feature schema and the one transform from raw feature dicts to tower input arrays.
 
 Training, the service and the index builder all call `TowerEncoder.encode`, so what a tower sees
-offline and online cannot drift. The schema travels in the model manifest; nothing here imports
-PyTorch.
+offline and online cannot drift. The resolved schema (vocabularies and learned statistics
+included) travels in the model manifest; a schema *file* is read by `models.schema`. Nothing here
+imports PyTorch.
 
 Index 0 of every id-like input is reserved: out-of-vocabulary, missing or padding. A cold user or
 an unknown item therefore still gets a valid (if uninformed) embedding instead of an error.
@@ -20,10 +21,26 @@ from typing import Any, Literal
 import numpy as np
 
 from models.errors import FeatureError
+from models.layout import DataLayout
 
-Kind = Literal["categorical", "bucket", "hashed", "multi_hot", "sequence", "hashed_words"]
+Kind = Literal[
+    "categorical", "hashed", "bucket", "numeric", "vector", "multi_hot", "sequence", "hashed_words"
+]
 Side = Literal["user", "item"]
-KINDS: tuple[str, ...] = ("categorical", "bucket", "hashed", "multi_hot", "sequence", "hashed_words")
+KINDS: tuple[str, ...] = (
+    "categorical",
+    "hashed",
+    "bucket",
+    "numeric",
+    "vector",
+    "multi_hot",
+    "sequence",
+    "hashed_words",
+)
+VOCAB_KINDS = ("categorical", "multi_hot", "sequence")
+FLOAT_KINDS = ("numeric", "vector", "multi_hot")
+LIST_KINDS = ("vector", "multi_hot", "sequence", "hashed_words")  # rank 2 inputs
+_F32_MAX = float(np.finfo(np.float32).max)
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -40,23 +57,43 @@ class FieldSpec:
     hash_size: int = 0  # hashed, hashed_words: buckets including the reserved 0
     prefix: int = 0  # hashed: characters kept before hashing (0 = all)
     max_len: int = 0  # sequence: most recent N kept; hashed_words: first N words kept
+    dim: int = 0  # vector: fixed length
+    mean: float | None = None  # numeric: (x - mean) / std; None until resolved (then 0 / 1 if unknown)
+    std: float | None = None
+    log: bool = False  # numeric: log1p before normalising
+    default: Any = None  # raw value used when the feature is missing (lists are stored as tuples)
+    filterable: bool = False  # item fields only: usable in a `filter`
+    from_interactions: bool = False  # sequence: filled from the user's earlier interactions
 
     @property
     def dtype(self) -> str:
-        return "float32" if self.kind == "multi_hot" else "int64"
+        return "float32" if self.kind in FLOAT_KINDS else "int64"
 
     @property
     def rank(self) -> int:
         """1 for one value per row, 2 for a list per row (ONNX axes: batch[, length])."""
-        return 2 if self.kind in ("multi_hot", "sequence", "hashed_words") else 1
+        return 2 if self.kind in LIST_KINDS else 1
+
+    def width(self, vocabularies: Mapping[str, Sequence[str]]) -> int | None:
+        """The fixed second axis of a rank-2 input (multi_hot, vector); None when it is dynamic."""
+        if self.kind == "multi_hot":
+            return self.cardinality(vocabularies)
+        if self.kind == "vector":
+            return self.dim
+        return None
 
     def cardinality(self, vocabularies: Mapping[str, Sequence[str]]) -> int:
-        """Rows an embedding table for this field needs (index 0 included)."""
-        if self.kind in ("categorical", "sequence", "multi_hot"):
+        """Rows an embedding table for this field needs (index 0 included); for the float kinds the
+        width of the input a projection reads."""
+        if self.kind in VOCAB_KINDS:
             assert self.vocab is not None
             return len(vocabularies[self.vocab]) + (0 if self.kind == "multi_hot" else 1)
         if self.kind == "bucket":
             return len(self.boundaries) + 2
+        if self.kind == "numeric":
+            return 1
+        if self.kind == "vector":
+            return self.dim
         return self.hash_size
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,18 +102,24 @@ class FieldSpec:
             out["vocab"] = self.vocab
         if self.boundaries:
             out["boundaries"] = list(self.boundaries)
-        for key in ("hash_size", "prefix", "max_len"):
+        for key in ("hash_size", "prefix", "max_len", "dim", "log", "filterable", "from_interactions"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.kind == "numeric":
+            out["mean"], out["std"] = self.mean, self.std
+        if self.default is not None:
+            out["default"] = list(self.default) if isinstance(self.default, tuple) else self.default
         return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FieldSpec:
+        """The manifest form (see `to_dict`). A schema *file* goes through `models.schema` instead."""
         for key in ("name", "kind", "source"):
             if key not in raw:
                 raise FeatureError(f"schema field {raw.get('name', '?')}", f"missing key {key!r}")
         if raw["kind"] not in KINDS:
             raise FeatureError(f"schema field {raw['name']}", f"unknown kind {raw['kind']!r}")
+        default = raw.get("default")
         return cls(
             name=str(raw["name"]),
             kind=raw["kind"],
@@ -86,6 +129,13 @@ class FieldSpec:
             hash_size=int(raw.get("hash_size", 0)),
             prefix=int(raw.get("prefix", 0)),
             max_len=int(raw.get("max_len", 0)),
+            dim=int(raw.get("dim", 0)),
+            mean=None if raw.get("mean") is None else float(raw["mean"]),
+            std=None if raw.get("std") is None else float(raw["std"]),
+            log=bool(raw.get("log", False)),
+            default=tuple(default) if isinstance(default, list) else default,
+            filterable=bool(raw.get("filterable", False)),
+            from_interactions=bool(raw.get("from_interactions", False)),
         )
 
 
@@ -100,6 +150,16 @@ class TowerSchema:
         """Raw keys a client may send in `features` (everything but the entity id)."""
         return frozenset(f.source for f in self.fields if f.source != self.id_field)
 
+    @property
+    def filterable(self) -> tuple[FieldSpec, ...]:
+        return tuple(f for f in self.fields if f.filterable)
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
     def to_dict(self) -> dict[str, Any]:
         return {"id_field": self.id_field, "fields": [f.to_dict() for f in self.fields]}
 
@@ -109,6 +169,7 @@ class FeatureSchema:
     user: TowerSchema
     item: TowerSchema
     vocabularies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    layout: DataLayout = field(default_factory=DataLayout)
 
     def tower(self, side: Side) -> TowerSchema:
         return self.user if side == "user" else self.item
@@ -118,6 +179,7 @@ class FeatureSchema:
             "user": self.user.to_dict(),
             "item": self.item.to_dict(),
             "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
+            "layout": self.layout.to_dict(),
         }
 
     @classmethod
@@ -128,96 +190,140 @@ class FeatureSchema:
                 raise FeatureError("features", f"schema has no {side!r} tower")
             t = raw[side]
             towers[side] = TowerSchema(
-                side=side,  # type: ignore[arg-type]
+                side=side,
                 id_field=str(t["id_field"]),
                 fields=tuple(FieldSpec.from_dict(f) for f in t["fields"]),
             )
         vocabs = {str(k): tuple(str(x) for x in v) for k, v in raw.get("vocabularies", {}).items()}
-        schema = cls(user=towers["user"], item=towers["item"], vocabularies=vocabs)
+        layout = DataLayout.from_dict(raw["layout"]) if "layout" in raw else DataLayout()
+        schema = cls(user=towers["user"], item=towers["item"], vocabularies=vocabs, layout=layout)
         for spec in (*schema.user.fields, *schema.item.fields):
             if spec.vocab is not None and spec.vocab not in vocabs:
                 raise FeatureError(spec.name, f"vocabulary {spec.vocab!r} is not in the schema")
         return schema
 
 
-def default_schema(
-    vocabularies: Mapping[str, Sequence[str]],
-    history_len: int = 50,
-    title_hash_size: int = 20_000,
-    title_words: int = 12,
-    zip_hash_size: int = 1_000,
-) -> FeatureSchema:
-    """The MovieLens feature set, declared once. `vocabularies` needs user_id, item_id, gender,
-    occupation and genre."""
-    user = TowerSchema(
-        side="user",
-        id_field="user_id",
-        fields=(
-            FieldSpec("user_id", "categorical", "user_id", vocab="user_id"),
-            FieldSpec("age", "bucket", "age", boundaries=(18, 25, 35, 45, 50, 56)),
-            FieldSpec("gender", "categorical", "gender", vocab="gender"),
-            FieldSpec("occupation", "categorical", "occupation", vocab="occupation"),
-            FieldSpec("zip", "hashed", "zip", hash_size=zip_hash_size, prefix=3),
-            FieldSpec("history", "sequence", "history", vocab="item_id", max_len=history_len),
-        ),
-    )
-    item = TowerSchema(
-        side="item",
-        id_field="item_id",
-        fields=(
-            FieldSpec("item_id", "categorical", "item_id", vocab="item_id"),
-            FieldSpec("genres", "multi_hot", "genres", vocab="genre"),
-            FieldSpec(
-                "release_year",
-                "bucket",
-                "release_year",
-                boundaries=(1930, 1950, 1960, 1970, 1980, 1985, 1990, 1993, 1995, 1996, 1997, 1998),
-            ),
-            FieldSpec("title", "hashed_words", "title", hash_size=title_hash_size, max_len=title_words),
-        ),
-    )
-    vocabs = {k: tuple(str(x) for x in v) for k, v in vocabularies.items()}
-    return FeatureSchema(user=user, item=item, vocabularies=vocabs)
-
-
 def hash_token(token: str, hash_size: int) -> int:
     """Stable across processes and platforms (Python's hash() is salted per process).
 
-    `surrogatepass`: a lone surrogate (valid JSON, not valid UTF-8) hashes like any other unknown
-    value instead of raising; every other string hashes exactly as with strict UTF-8.
-    """
-    return 1 + zlib.crc32(token.encode("utf-8", "surrogatepass")) % (hash_size - 1)
+    `surrogatepass`: JSON may carry a lone surrogate ("\\ud800"); it hashes like any other string
+    instead of failing the request."""
+    try:
+        data = token.encode()
+    except UnicodeEncodeError:  # the rare case, off the hot path: an error handler costs ~30%
+        data = token.encode("utf-8", errors="surrogatepass")
+    return 1 + zlib.crc32(data) % (hash_size - 1)
 
 
-def title_tokens(title: str) -> list[str]:
-    return _WORD.findall(title.lower())
+def _hash_words(text: str, hash_size: int, max_len: int) -> list[int]:
+    """hash_token of each word; words are ASCII ([a-z0-9]+), so the plain encode cannot fail."""
+    m = hash_size - 1
+    return [1 + zlib.crc32(w.encode()) % m for w in word_tokens(text)[:max_len]]
+
+
+def word_tokens(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _as_float(value: Any) -> float:
-    """A number as a float; NaN for anything else, and for an int too large for a float (JSON
-    integers are unbounded: math.isfinite(10**400) raises OverflowError)."""
+def as_float(value: Any) -> float | None:
+    """A finite float, or None for anything else (missing, a bool, NaN, infinity, an int too big
+    for a float: `float(10**400)` raises OverflowError, which must not escape as a 500)."""
     if not _is_number(value):
-        return math.nan
+        return None
     try:
-        return float(value)
+        x = float(value)
     except OverflowError:
-        return math.nan
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _token(value: Any) -> str | None:
+    """A string key for a vocabulary or a hash. Integers (e.g. from a Parquet column) count as their
+    decimal text; anything else is missing."""
+    cls = value.__class__
+    if cls is str:
+        return value  # type: ignore[no-any-return]
+    if cls is int:  # not bool: its class is bool
+        return str(value)
+    return value if isinstance(value, str) else None
 
 
 def _finite_or_nan(value: Any) -> float:
     """A bucket's raw value: NaN (-> bucket 0, missing) for anything but a finite number."""
-    f = _as_float(value)
-    return f if math.isfinite(f) else math.nan
+    cls = value.__class__
+    if cls is float:  # the common cases first (NaN stays NaN; infinity is missing)
+        return value if math.isfinite(value) else math.nan  # type: ignore[no-any-return]
+    if cls is int and -(2**53) <= value <= 2**53:
+        return float(value)
+    x = as_float(value)
+    return math.nan if x is None else x
+
+
+def numeric_value(spec: FieldSpec, value: Any) -> float | None:
+    """A numeric field's encoded value, or None if `value` does not give a finite float32."""
+    x = as_float(value)
+    if x is None:
+        return None
+    if spec.log:
+        if x <= -1.0:
+            return None
+        x = math.log1p(x)
+    mean = spec.mean if spec.mean is not None else 0.0
+    std = spec.std if spec.std else 1.0
+    z = (x - mean) / std
+    return z if math.isfinite(z) and abs(z) <= _F32_MAX else None
+
+
+def vector_value(spec: FieldSpec, value: Any) -> list[float] | None:
+    """A vector field's value as floats, or None if it is not `dim` finite float32 numbers."""
+    if not isinstance(value, list | tuple) or len(value) != spec.dim:
+        return None
+    out: list[float] = []
+    for v in value:
+        x = as_float(v)
+        if x is None or abs(x) > _F32_MAX:
+            return None
+        out.append(x)
+    return out
+
+
+def check_value(spec: FieldSpec, value: Any, where: str) -> None:
+    """Raise FeatureError naming `where` if `value` (not None) does not fit the field's kind."""
+    kind = spec.kind
+    if kind in ("bucket", "numeric"):
+        if not _is_number(value):
+            raise FeatureError(where, f"expected a number, got {type(value).__name__}")
+        if as_float(value) is None:
+            raise FeatureError(where, "must be a finite number")
+        if kind == "numeric" and numeric_value(spec, value) is None:
+            if spec.log and float(value) <= -1.0:
+                raise FeatureError(where, "must be greater than -1 (the field is log-scaled)")
+            raise FeatureError(where, "out of range")
+    elif kind in ("categorical", "hashed", "hashed_words"):
+        if not isinstance(value, str):
+            raise FeatureError(where, f"expected a string, got {type(value).__name__}")
+    elif kind == "vector":
+        if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
+            raise FeatureError(where, f"expected a list of {spec.dim} numbers")
+        if len(value) != spec.dim:
+            raise FeatureError(where, f"expected {spec.dim} numbers, got {len(value)}")
+        if vector_value(spec, value) is None:
+            raise FeatureError(where, "every number must be finite")
+    else:  # multi_hot, sequence
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise FeatureError(where, "expected a list of strings")
 
 
 class TowerEncoder:
     """Validates raw feature dicts and turns batches of them into one tower's input arrays.
 
-    Build once per model version (it indexes the vocabularies); `encode` is the hot path.
+    Build once per model version (it indexes the vocabularies); `encode` is the hot path. `encode`
+    never raises on values: a missing or unusable value takes the field's default (or the
+    missing encoding). Client input goes through `validate` first, which names what is wrong.
     """
 
     def __init__(self, schema: FeatureSchema, side: Side) -> None:
@@ -225,30 +331,36 @@ class TowerEncoder:
         self.tower = schema.tower(side)
         self.side = side
         self._index: dict[str, dict[str, int]] = {}
+        self._by_source: dict[str, list[FieldSpec]] = {}
         for spec in self.tower.fields:
-            if spec.vocab is not None and spec.vocab not in self._index:
-                vocab = schema.vocabularies[spec.vocab]
+            self._by_source.setdefault(spec.source, []).append(spec)
+        for spec in self.tower.fields:
+            if spec.vocab is not None:
                 # categorical/sequence reserve 0 for unknown; multi_hot columns start at 0.
                 offset = 0 if spec.kind == "multi_hot" else 1
-                self._index[spec.vocab + ("#mh" if offset == 0 else "")] = {
-                    tok: i + offset for i, tok in enumerate(vocab)
-                }
+                key = spec.vocab + ("#mh" if offset == 0 else "")
+                if key not in self._index:
+                    vocab = schema.vocabularies[spec.vocab]
+                    self._index[key] = {tok: i + offset for i, tok in enumerate(vocab)}
 
     @property
     def input_names(self) -> list[str]:
         return [f.name for f in self.tower.fields]
 
     def known_id(self, entity_id: str) -> bool:
-        id_spec = next(f for f in self.tower.fields if f.source == self.tower.id_field)
-        assert id_spec.vocab is not None
-        return entity_id in self._index[id_spec.vocab]
+        """Whether the id has its own embedding (False when the tower has no id vocabulary)."""
+        return any(
+            entity_id in self._index[spec.vocab]
+            for spec in self._by_source.get(self.tower.id_field, ())
+            if spec.kind == "categorical" and spec.vocab is not None
+        )
 
     def validate(self, features: Mapping[str, Any], where: str = "features") -> dict[str, Any]:
         """Check names and types of client-sent features; returns a plain dict (None dropped).
 
         Raises FeatureError naming `where.<key>` for an unknown name or a wrong type, NaN or
-        infinity. Unknown *values* (a new occupation, an unseen item in history) are not errors:
-        they map to the out-of-vocabulary bucket.
+        infinity, a vector of the wrong length. Unknown *values* (a new category, an unseen
+        item in history) are not errors: they map to the out-of-vocabulary bucket.
         """
         allowed = self.tower.feature_names
         out: dict[str, Any] = {}
@@ -259,81 +371,102 @@ class TowerEncoder:
                 )
             if value is None:
                 continue
-            spec = next(f for f in self.tower.fields if f.source == key)
-            self._check_value(spec, value, f"{where}.{key}")
+            for spec in self._by_source[key]:
+                check_value(spec, value, f"{where}.{key}")
             out[key] = value
         return out
-
-    @staticmethod
-    def _check_value(spec: FieldSpec, value: Any, where: str) -> None:
-        if spec.kind == "bucket":
-            if not _is_number(value):
-                raise FeatureError(where, f"expected a number, got {type(value).__name__}")
-            if not math.isfinite(_as_float(value)):
-                raise FeatureError(where, "must be a finite number within the float range")
-        elif spec.kind in ("categorical", "hashed", "hashed_words"):
-            if not isinstance(value, str):
-                raise FeatureError(where, f"expected a string, got {type(value).__name__}")
-        else:  # multi_hot, sequence
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise FeatureError(where, "expected a list of strings")
 
     def encode(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Raw rows (id under `id_field`, features under their source keys) -> input arrays."""
         n = len(rows)
         out: dict[str, np.ndarray] = {}
         for spec in self.tower.fields:
-            src = spec.source
-            if spec.kind == "categorical":
+            vals = _values(rows, spec.source, spec.default)
+            kind = spec.kind
+            if kind == "categorical":
                 assert spec.vocab is not None
                 idx = self._index[spec.vocab]
                 out[spec.name] = np.fromiter(
-                    (idx.get(v, 0) if isinstance(v := r.get(src), str) else 0 for r in rows),
-                    dtype=np.int64,
-                    count=n,
-                )
-            elif spec.kind == "bucket":
-                vals = np.fromiter(
-                    (_finite_or_nan(r.get(src)) for r in rows),
-                    dtype=np.float64,
-                    count=n,
-                )
-                b = np.searchsorted(np.asarray(spec.boundaries), vals, side="right") + 1
-                out[spec.name] = np.where(np.isnan(vals), 0, b).astype(np.int64)
-            elif spec.kind == "hashed":
-                p = spec.prefix or None
-                out[spec.name] = np.fromiter(
                     (
-                        hash_token(v[:p], spec.hash_size) if isinstance(v := r.get(src), str) and v else 0
-                        for r in rows
+                        idx.get(v, 0) if v.__class__ is str else idx.get(t, 0) if (t := _token(v)) else 0
+                        for v in vals
                     ),
                     dtype=np.int64,
                     count=n,
                 )
-            elif spec.kind == "multi_hot":
+            elif kind == "bucket":
+                x = np.fromiter((_finite_or_nan(v) for v in vals), dtype=np.float64, count=n)
+                b = np.searchsorted(np.asarray(spec.boundaries), x, side="right") + 1
+                out[spec.name] = np.where(np.isnan(x), 0, b).astype(np.int64)
+            elif kind == "numeric":
+                fill = numeric_value(spec, spec.default) if spec.default is not None else None
+                out[spec.name] = np.fromiter(
+                    (z if (z := numeric_value(spec, v)) is not None else (fill or 0.0) for v in vals),
+                    dtype=np.float32,
+                    count=n,
+                )
+            elif kind == "vector":
+                arr = np.zeros((n, spec.dim), dtype=np.float32)
+                fallback = vector_value(spec, spec.default)
+                for i, v in enumerate(vals):
+                    vec = vector_value(spec, v) if v is not None else None
+                    if vec is None:
+                        vec = fallback
+                    if vec is not None:
+                        arr[i] = vec
+                out[spec.name] = arr
+            elif kind == "hashed":
+                p = spec.prefix or None
+                out[spec.name] = np.fromiter(
+                    (hash_token(t[:p], spec.hash_size) if (t := _token(v)) else 0 for v in vals),
+                    dtype=np.int64,
+                    count=n,
+                )
+            elif kind == "multi_hot":
                 assert spec.vocab is not None
                 idx = self._index[spec.vocab + "#mh"]
                 arr = np.zeros((n, len(idx)), dtype=np.float32)
-                for i, r in enumerate(rows):
-                    for tok in r.get(src) or ():
+                rows_at: list[int] = []
+                cols_at: list[int] = []
+                for i, v in enumerate(vals):
+                    for tok in _tokens(v):
                         j = idx.get(tok)
                         if j is not None:
-                            arr[i, j] = 1.0
+                            rows_at.append(i)
+                            cols_at.append(j)
+                arr[rows_at, cols_at] = 1.0  # one scatter instead of a store per value
                 out[spec.name] = arr
-            elif spec.kind == "sequence":
+            elif kind == "sequence":
                 assert spec.vocab is not None
                 idx = self._index[spec.vocab]
-                seqs = [[idx.get(t, 0) for t in (r.get(src) or ())[-spec.max_len :]] for r in rows]
+                seqs = [[idx.get(t, 0) for t in _tokens(v)[-spec.max_len :]] for v in vals]
                 out[spec.name] = _pad(seqs)
             else:  # hashed_words
                 seqs = [
-                    [hash_token(w, spec.hash_size) for w in title_tokens(v)[: spec.max_len]]
-                    if isinstance(v := r.get(src), str)
-                    else []
-                    for r in rows
+                    _hash_words(v, spec.hash_size, spec.max_len) if isinstance(v, str) else [] for v in vals
                 ]
                 out[spec.name] = _pad(seqs)
         return out
+
+
+def _values(rows: Sequence[Mapping[str, Any]], key: str, default: Any) -> list[Any]:
+    """Each row's raw value for `key`, the field's default where it is missing (absent or None)."""
+    if default is None:
+        return [r.get(key) for r in rows]
+    return [default if (v := r.get(key)) is None else v for r in rows]
+
+
+def _tokens(value: Any) -> list[str]:
+    """A list feature's items as strings; a non-list value is an empty list."""
+    if not isinstance(value, list | tuple):
+        return []
+    out: list[str] = []
+    for v in value:
+        if v.__class__ is str:
+            out.append(v)
+        elif (t := _token(v)) is not None:
+            out.append(t)
+    return out
 
 
 def _pad(seqs: list[list[int]]) -> np.ndarray:

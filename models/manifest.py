@@ -24,7 +24,8 @@ from models.features import FeatureSchema
 MANIFEST = "manifest.json"
 USER_TOWER = "user_tower.onnx"
 ITEM_TOWER = "item_tower.onnx"
-FORMAT = 1
+FORMAT = 2  # 2: the resolved schema of any schema file (numeric, vector, defaults, filterable, layout)
+READABLE_FORMATS = (1, 2)  # 1: the MovieLens-only schema, a subset of 2
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REQUIRED = ("format", "version", "dim", "similarity", "features", "files")
 
@@ -66,6 +67,8 @@ class ModelManifest:
     training: Mapping[str, Any] = field(default_factory=dict)
     inputs: Mapping[str, Any] = field(default_factory=dict)  # tower -> [{name, dtype, shape}]
     created_at: str = ""
+    source: str = "train"  # "train" (twotower train) or "import" (twotower import)
+    outputs: Mapping[str, str] = field(default_factory=lambda: {"user": "embedding", "item": "embedding"})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,9 +77,10 @@ class ModelManifest:
             "created_at": self.created_at,
             "dim": self.dim,
             "similarity": self.similarity,
+            "source": self.source,
             "files": dict(self.files),
             "inputs": dict(self.inputs),
-            "outputs": {"user": "embedding", "item": "embedding"},
+            "outputs": dict(self.outputs),
             "features": self.features.to_dict(),
             "metrics": dict(self.metrics),
             "training": dict(self.training),
@@ -87,7 +91,7 @@ class ModelManifest:
         missing = [k for k in REQUIRED if k not in raw]
         if missing:
             raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
-        if raw["format"] != FORMAT:
+        if raw["format"] not in READABLE_FORMATS:
             raise ManifestError(f"{where}: unsupported format {raw['format']!r}")
         if not isinstance(raw["dim"], int) or raw["dim"] <= 0:
             raise ManifestError(f"{where}: dim must be a positive integer, got {raw['dim']!r}")
@@ -107,6 +111,8 @@ class ModelManifest:
             training=raw.get("training", {}),
             inputs=raw.get("inputs", {}),
             created_at=str(raw.get("created_at", "")),
+            source=str(raw.get("source", "train")),
+            outputs=dict(raw.get("outputs") or {"user": "embedding", "item": "embedding"}),
         )
 
 

@@ -26,7 +26,7 @@ class TowerRunner:
 
         runner = TowerRunner(store / version, manifest, "item", intra_threads=2)
         runner.load()
-        vectors = runner.embed([{"item_id": "50", "genres": ["Comedy"]}])
+        vectors = runner.embed([{"item_id": "50", "brand": "acme"}])
 
     Under cosine similarity the output is L2-normalised here as well (idempotent when the tower
     already does it), so an inner product is the trained similarity everywhere.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from app.cli import index_config
-from app.features import iter_catalog_file
+from app.catalog import iter_catalog_file
+from app.reindex.build import index_config
 from app.settings import Settings
 from bench.catalog import ITEMS, synthetic_items, synthetic_users, write_items, write_users
 from index_store.store import IndexStore

@@ -11,9 +11,9 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from app.features import FeatureStore
 from app.service import Service
 from app.settings import Settings
+from app.state import FeatureStore
 
 
 async def get_service(request: Request) -> Service:

@@ -46,10 +46,11 @@ def tower_inputs(schema: FeatureSchema, side: Side) -> list[dict[str, Any]]:
     """The ONNX inputs of one tower as the manifest records them: name, dtype, shape (str = dynamic)."""
     out: list[dict[str, Any]] = []
     for f in schema.tower(side).fields:
+        width = f.width(schema.vocabularies)
         if f.rank == 1:
             shape: list[str | int] = ["batch"]
-        elif f.kind == "multi_hot":
-            shape = ["batch", f.cardinality(schema.vocabularies)]
+        elif width is not None:
+            shape = ["batch", width]
         else:
             shape = ["batch", f"{f.name}_len"]
         out.append({"name": f.name, "dtype": f.dtype, "shape": shape})
@@ -83,7 +84,7 @@ def export_tower(tower: Tower, schema: FeatureSchema, side: Side, path: Path) ->
     batch = torch.export.Dim("batch")
     dyn: list[dict[int, Any]] = []
     for f in specs:
-        if f.rank == 2 and f.kind != "multi_hot":
+        if f.rank == 2 and f.width(schema.vocabularies) is None:
             dyn.append({0: batch, 1: torch.export.Dim(f"{f.name}_len")})
         else:
             dyn.append({0: batch})
@@ -121,6 +122,10 @@ def random_batch(schema: FeatureSchema, side: Side, batch: int = 16, seed: int =
         card = f.cardinality(schema.vocabularies)
         if f.kind == "multi_hot":
             out[f.name] = (rng.random((batch, card)) < 0.15).astype(np.float32)
+        elif f.kind == "numeric":
+            out[f.name] = rng.normal(size=batch).astype(np.float32)
+        elif f.kind == "vector":
+            out[f.name] = rng.normal(size=(batch, f.dim)).astype(np.float32)
         elif f.rank == 2:
             width = int(rng.integers(1, max(2, f.max_len) + 1))
             arr = rng.integers(1, card, size=(batch, width), dtype=np.int64)

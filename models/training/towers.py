@@ -1,4 +1,5 @@
-"""The PyTorch towers: per-field embeddings, optional SENet field gating, an MLP, L2-normalised output."""
+"""The PyTorch towers, built from a resolved schema: one embedding or projection per field (by kind),
+optional SENet field gating, an optional MLP, an L2-normalised output of a dim shared by both towers."""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ from models.features import FeatureSchema, FieldSpec, Side, TowerSchema
 
 
 class FieldEmbedding(nn.Module):
-    """One field -> [B, E]. Index 0 embeds to zero (padding_idx), so OOV/missing adds nothing."""
+    """One field -> [B, E].
+
+    Id-like kinds (categorical, hashed, bucket, sequence, hashed_words) look up an embedding whose
+    index 0 is zero (padding_idx), so OOV/missing adds nothing; multi_hot is a bias-free linear
+    map of the 0/1 columns; numeric a linear map of the normalised scalar; vector a linear
+    projection of the given embedding.
+    """
 
     def __init__(self, spec: FieldSpec, cardinality: int, dim: int) -> None:
         super().__init__()
         self.kind = spec.kind
         if spec.kind == "multi_hot":
             self.proj: nn.Module = nn.Linear(cardinality, dim, bias=False)
+        elif spec.kind in ("numeric", "vector"):
+            self.proj = nn.Linear(cardinality, dim)
         else:
             self.proj = nn.Embedding(cardinality, dim, padding_idx=0)
         nn.init.normal_(self.proj.weight, std=0.05)
@@ -27,8 +36,14 @@ class FieldEmbedding(nn.Module):
                 self.proj.weight[0].zero_()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "numeric":
+            scalar: Tensor = self.proj(x.unsqueeze(-1))
+            return scalar
+        if self.kind == "vector":
+            projected: Tensor = self.proj(x)
+            return projected
         if self.kind == "multi_hot":
-            # mean over the active columns so an item with 5 genres is not 5x louder than one with 1
+            # mean over the active columns so a row with 5 tags is not 5x louder than one with 1
             count = x.sum(dim=1, keepdim=True).clamp(min=1.0)
             out: Tensor = self.proj(x) / count
             return out

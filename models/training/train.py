@@ -15,10 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data import Dataset, load_dataset, vocabularies
+from models.data import Dataset, load_dataset
 from models.errors import DataError, VersionExists
-from models.features import FeatureSchema, Side, TowerEncoder, default_schema
+from models.features import FeatureSchema, Side, TowerEncoder
 from models.manifest import check_tag, new_version_tag
+from models.schema import SchemaFile, load_schema
 from models.training.evaluate import EvalSet, Split, evaluate, temporal_split
 from models.training.export import export_version
 from models.training.towers import TwoTower, to_tensors
@@ -42,8 +43,6 @@ class TrainConfig:
     mns: bool = False  # mixed negative sampling from a cache of uniformly sampled item vectors
     mns_cache: int = 1024
     mns_refresh: int = 256
-    history_len: int = 50
-    title_hash_size: int = 5_000  # ~4k distinct title words in ml-100k; keeps the item tower small
     patience: int = 3
     seed: int = 7
     threads: int = 2
@@ -74,20 +73,31 @@ def seed_everything(seed: int) -> None:
 
 
 def user_row(data: Dataset, user_id: str, history: list[str]) -> dict[str, Any]:
-    return {**data.users.get(user_id, {"user_id": user_id}), "history": history}
+    """A user's features with every `from_interactions` key holding `history` (oldest first)."""
+    row = dict(data.users.get(user_id, {data.layout.user_id: user_id}))
+    for key in data.layout.history:
+        row[key] = history
+    return row
 
 
-def prepare(data: Dataset, config: TrainConfig) -> Prepared:
+def history_len(schema: FeatureSchema) -> int:
+    """How much of a user's past the `from_interactions` fields can use (0: none of them)."""
+    return max((f.max_len for f in schema.user.fields if f.from_interactions), default=0)
+
+
+def prepare(data: Dataset, schema_file: SchemaFile) -> Prepared:
     split = temporal_split(data)
-    schema = default_schema(
-        vocabularies(data), history_len=config.history_len, title_hash_size=config.title_hash_size
+    # vocabularies and statistics come from the whole tables; a history field's values are the
+    # user's items, so users are offered with their full sequences
+    schema = schema_file.learn(
+        (user_row(data, u, split.sequences.get(u, [])) for u in data.users), data.items.values()
     )
     item_ids = sorted(data.items)
     row_of = {i: j for j, i in enumerate(item_ids)}
     item_arrays = TowerEncoder(schema, "item").encode([data.items[i] for i in item_ids])
     rows: list[dict[str, Any]] = []
     target: list[int] = []
-    L = config.history_len
+    L = history_len(schema)
     for u, seq in split.train.items():
         for j, item in enumerate(seq):
             # the history a training example sees is strictly before its item, as at serving time
@@ -248,22 +258,27 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
 
 
 def real_rows(prep: Prepared, n: int = 64) -> dict[Side, list[dict[str, Any]]]:
-    """A parity batch from the data, with a cold user and an unknown item mixed in."""
+    """A parity batch from the data, with cold users and unknown items mixed in: a real row under
+    an unknown id (with an unknown history item), and a row with nothing but an id."""
+    layout = prep.data.layout
+    keep = history_len(prep.schema)
     users = sorted(prep.split.train)[:n]
-    keep = max(f.max_len for f in prep.schema.user.fields if f.kind == "sequence")
-    urows = [user_row(prep.data, u, prep.split.sequences[u][-keep:]) for u in users]
-    urows.append(
-        {"user_id": "cold-user", "age": 30, "gender": "F", "occupation": "new-job", "history": ["nope"]}
-    )
-    urows.append({"user_id": "cold-user-2"})
+    urows = [user_row(prep.data, u, prep.split.sequences[u][-keep:] if keep else []) for u in users]
+    cold = user_row(prep.data, users[0], ["never-seen-item"]) if users else {}
+    urows.append({**cold, layout.user_id: "cold-user"})
+    urows.append({layout.user_id: "cold-user-2"})
     irows = [prep.data.items[i] for i in prep.item_ids[:n]]
-    irows.append({"item_id": "new-item", "title": "A Film Never Seen (2031)", "genres": ["Drama", "Zzz"]})
-    irows.append({"item_id": "new-item-2"})
+    irows.append({**prep.data.items[prep.item_ids[-1]], layout.item_id: "new-item"})
+    irows.append({layout.item_id: "new-item-2"})
     return {"user": urows, "item": irows}
 
 
 def train_and_export(
-    data_dir: Path, model_store: Path, version: str | None = None, config: TrainConfig | None = None
+    schema_path: Path,
+    data_dir: Path,
+    model_store: Path,
+    version: str | None = None,
+    config: TrainConfig | None = None,
 ) -> Path:
     """Load, train, evaluate on the test split (two-tower and most-popular), export a new version."""
     config = config or TrainConfig()
@@ -272,18 +287,21 @@ def train_and_export(
         raise VersionExists(
             f"model version {version!r} already exists in {model_store}; versions are immutable"
         )
-    data = load_dataset(data_dir)
-    prep = prepare(data, config)
+    schema_file = load_schema(schema_path)
+    data = load_dataset(data_dir, schema_file)
+    prep = prepare(data, schema_file)
     model, info = train_model(prep, config)
     test = run_eval(model, prep, "test", baseline=True)
     log.info("test: %s", test)
+    order = "timestamp" if data.layout.timestamp else "file order"
     metrics: dict[str, Any] = {
         **test,
-        "split": "temporal leave-last-out, test",
+        "split": f"temporal leave-last-out ({order}), test",
         "catalog_items": len(prep.item_ids),
     }
     training = {
         "config": config.to_dict(),
+        "schema_file": str(schema_path),
         **info,
         "dataset": {
             "users": len(data.users),

@@ -8,15 +8,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from app.features import iter_catalog_file, read_users
+from app.catalog import iter_catalog_file, read_users
 from bench import report
 from bench.catalog import synthetic_items, synthetic_users, write_data_dir
 from bench.load import LoadResult, LoadSpec, _run, percentile, summarize
-from models.features import TowerEncoder
+from models.features import KINDS, TowerEncoder
 from models.manifest import ModelManifest, list_versions, load_version
-from tests.conftest import DEMO_STORE
+from models.schema import load_schema
+from tests.conftest import DEMO_STORE, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def test_items_are_deterministic_and_seeded(manifest: ModelManifest) -> None:
     assert sum(x != y for x, y in zip(a, other, strict=True)) > 2900
     ids = [r["item_id"] for r in a]
     assert len(set(ids)) == len(ids)
-    known = manifest.features.vocabularies["item_id"]
+    known = manifest.features.vocabularies[manifest.features.item.field("item_id").vocab or ""]
     assert ids[: len(known)] == list(known)[: len(ids)]
 
 
@@ -47,17 +49,55 @@ def test_users_are_deterministic(manifest: ModelManifest) -> None:
     assert all(len(u["history"]) == len(set(u["history"])) <= 50 for u in a)
 
 
+def check_rows_fit(manifest: ModelManifest, n_items: int = 2000, n_users: int = 500) -> None:
+    """Generated rows pass the service's validation and encode with no missing input."""
+    schema = manifest.features
+    items = TowerEncoder(schema, "item")
+    users = TowerEncoder(schema, "user")
+    item_rows = list(synthetic_items(manifest, n_items, seed=0))
+    user_rows = list(synthetic_users(manifest, n_users, seed=0))
+    for row in item_rows:
+        items.validate({k: v for k, v in row.items() if k != schema.item.id_field})
+    for row in user_rows:
+        users.validate({k: v for k, v in row.items() if k != schema.user.id_field})
+    for enc, rows in ((items, item_rows), (users, user_rows)):
+        arrays = enc.encode(rows)
+        for f in enc.tower.fields:
+            a = arrays[f.name]
+            if f.kind == "multi_hot":
+                assert a.sum(axis=1).min() >= 1, f.name  # no value outside the vocabulary
+            elif f.kind in ("categorical", "bucket", "hashed") and f.source != enc.tower.id_field:
+                assert a.min() >= 1, f.name  # never the missing / unknown index
+            elif f.kind in ("numeric", "vector"):
+                assert np.isfinite(a).all() and a.std() > 0, f.name
+            elif f.kind == "hashed_words":
+                assert (a[:, 0] > 0).all(), f.name
+
+
 def test_rows_pass_the_model_schema(manifest: ModelManifest) -> None:
-    items = TowerEncoder(manifest.features, "item")
-    users = TowerEncoder(manifest.features, "user")
-    for row in synthetic_items(manifest, 2000, seed=0):
-        items.validate({k: v for k, v in row.items() if k != "item_id"})
-    for row in synthetic_users(manifest, 500, seed=0):
-        users.validate({k: v for k, v in row.items() if k != "user_id"})
-    # and they encode: no out-of-vocabulary genre, a bucket for every year
-    arrays = items.encode(list(synthetic_items(manifest, 2000, seed=0)))
-    assert arrays["genres"].sum(axis=1).min() >= 1
-    assert arrays["release_year"].min() >= 1
+    check_rows_fit(manifest)
+
+
+def test_every_kind_is_generated_from_the_schema(tmp_path: Path) -> None:
+    """The shop schema has every kind but bucket; the MovieLens one has bucket: both are driven
+    by the manifest alone."""
+    sf = load_schema(ROOT / "examples" / "shop" / "schema.toml")
+    schema = sf.learn(
+        [{"user_id": f"u{i}", "history": [f"i{i}"]} for i in range(30)],
+        [
+            {"item_id": f"i{i}", "brand": f"b{i % 4}", "price": 10.0 + i, "tags": [f"t{i % 5}"]}
+            for i in range(30)
+        ],
+    )
+    shop = ModelManifest(version="shop", dim=8, similarity="cosine", features=schema, files={})
+    assert {f.kind for _, f in sf.fields} | {"bucket"} == set(KINDS)
+    check_rows_fit(shop, n_items=300, n_users=100)
+    counts = write_data_dir(tmp_path, shop, n_items=50, n_users=10, seed=1)
+    assert counts == {"items": 50, "users": 10}
+    assert [r["item_id"] for r in iter_catalog_file(tmp_path)][:3] == ["i0", "i1", "i10"]  # known ids first
+    price = [r["price"] for r in synthetic_items(shop, 2000)]
+    mean = schema.item.field("price").mean
+    assert mean is not None and abs(float(np.mean(np.log1p(price))) - mean) < 0.1  # learned statistics
 
 
 def test_generating_is_fast_enough_to_stream(manifest: ModelManifest) -> None:

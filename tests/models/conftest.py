@@ -1,4 +1,4 @@
-"""Fixtures for models/: a tiny synthetic dataset in the project format and one tiny trained version."""
+"""Fixtures for models/: a tiny MovieLens-shaped dataset and one tiny trained version of it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from models.data import Interaction, write_dataset
+from models.ml100k import Rating, write_dataset
+
+MOVIELENS = Path(__file__).resolve().parents[2] / "examples" / "movielens" / "schema.toml"
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 WORDS = ["night", "star", "love", "dead", "city", "river", "king", "ghost", "summer", "war"]
@@ -24,7 +26,7 @@ def make_dataset(out: Path, n_users: int = 30, n_items: int = 40, per_user: int 
         title = " ".join(rng.sample(WORDS, 2)).title() + (f" ({year})" if year else "")
         items.append({"item_id": str(i), "title": title, "genres": genres, "release_year": year})
     users: list[dict[str, Any]] = []
-    inter: list[Interaction] = []
+    inter: list[Rating] = []
     for u in range(1, n_users + 1):
         users.append(
             {
@@ -40,7 +42,7 @@ def make_dataset(out: Path, n_users: int = 30, n_items: int = 40, per_user: int 
         picks = rng.sample(pool, min(per_user, len(pool)))
         picks += rng.sample([it["item_id"] for it in items if it["item_id"] not in picks], 3)
         for k, iid in enumerate(picks):
-            inter.append(Interaction(str(u), iid, float(rng.randint(1, 5)), 880_000_000 + u * 1000 + k * 10))
+            inter.append(Rating(str(u), iid, float(rng.randint(1, 5)), 880_000_000 + u * 1000 + k * 10))
     out.mkdir(parents=True, exist_ok=True)
     write_dataset(out, users, items, inter)
     return out
@@ -58,15 +60,6 @@ def tiny_version(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> t
     from models.training.train import TrainConfig, train_and_export
 
     store = tmp_path_factory.mktemp("store")
-    config = TrainConfig(
-        epochs=2,
-        batch_size=64,
-        dim=16,
-        field_dim=8,
-        hidden=(32,),
-        history_len=8,
-        title_hash_size=64,
-        patience=1,
-    )
-    path = train_and_export(tiny_data, store, "tiny-1", config)
+    config = TrainConfig(epochs=2, batch_size=64, dim=16, field_dim=8, hidden=(32,), patience=1)
+    path = train_and_export(MOVIELENS, tiny_data, store, "tiny-1", config)
     return store, path.name

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from models import cli
+from tests.models.conftest import MOVIELENS
 
 
 def _run(argv: list[str]) -> int:
@@ -21,7 +22,8 @@ def _run(argv: list[str]) -> int:
 
 def test_importing_models_cli_does_not_import_torch() -> None:
     code = (
-        "import sys, models.cli, models.manifest, models.features, models.data; print('torch' in sys.modules)"
+        "import sys, models.cli, models.manifest, models.features, models.data, models.schema, "
+        "models.runtime; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -41,17 +43,31 @@ def test_data_rejects_unknown_dataset() -> None:
 
 @pytest.mark.train
 def test_train_on_missing_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["train", "--data", str(tmp_path / "none"), "--model-store", str(tmp_path / "s")]) == 2
+    argv = ["train", "--schema", str(MOVIELENS), "--data", str(tmp_path / "none")]
+    assert _run([*argv, "--model-store", str(tmp_path / "s")]) == 2
     assert "not a directory" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.train
+def test_train_names_a_schema_mistake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "schema.toml"
+    bad.write_text(MOVIELENS.read_text().replace('kind = "hashed"', 'kind = "hashd"'))
+    argv = ["train", "--schema", str(bad), "--data", str(tmp_path), "--model-store", str(tmp_path / "s")]
+    assert _run(argv) == 2
+    assert f"{bad}: user.fields.zip: unknown kind 'hashd'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.train
 def test_train_rejects_bad_tag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["train", "--data", str(tmp_path), "--model-store", str(tmp_path), "--version", "a/b"]) == 2
+    argv = ["train", "--schema", str(MOVIELENS), "--data", str(tmp_path), "--model-store", str(tmp_path)]
+    assert _run([*argv, "--version", "a/b"]) == 2
     assert "invalid version tag" in capsys.readouterr().err
 
 
-def test_train_rejects_bad_numbers() -> None:
+def test_train_rejects_bad_numbers_and_needs_a_schema() -> None:
     with pytest.raises(SystemExit):
-        _run(["train", "--data", "d", "--model-store", "s", "--epochs", "0"])
+        _run(["train", "--schema", "s.toml", "--data", "d", "--model-store", "s", "--epochs", "0"])
+    with pytest.raises(SystemExit):
+        _run(["train", "--data", "d", "--model-store", "s"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
 from models.errors import FeatureError
-from models.features import FeatureSchema, TowerEncoder, default_schema
+from models.features import FeatureSchema, FieldSpec, TowerEncoder, TowerSchema, hash_token
+from models.schema import load_schema
+from tests.models.test_schema import MOVIELENS
 
 VOCABS = {
     "user_id": ["1", "2", "3"],
@@ -21,7 +24,14 @@ VOCABS = {
 
 @pytest.fixture(scope="module")
 def schema() -> FeatureSchema:
-    return default_schema(VOCABS, history_len=3, title_hash_size=50, title_words=4)
+    ml = load_schema(MOVIELENS).resolve(VOCABS)
+    small = {"history": {"max_len": 3}, "title": {"hash_size": 50, "max_len": 4}}
+
+    def shrink(tower: TowerSchema) -> TowerSchema:
+        fields = tuple(dataclasses.replace(f, **small.get(f.name, {})) for f in tower.fields)
+        return dataclasses.replace(tower, fields=fields)
+
+    return dataclasses.replace(ml, user=shrink(ml.user), item=shrink(ml.item))
 
 
 def test_known_values_map_to_their_index(schema: FeatureSchema) -> None:
@@ -109,3 +119,98 @@ def test_encode_ignores_nan_and_bool_as_missing(schema: FeatureSchema) -> None:
 
 def test_schema_round_trips(schema: FeatureSchema) -> None:
     assert FeatureSchema.from_dict(schema.to_dict()) == schema
+
+
+# --- numeric, vector, defaults, hostile values --------------------------------------------------
+
+ITEM = TowerSchema(
+    side="item",
+    id_field="item_id",
+    fields=(
+        FieldSpec("item_id", "categorical", "item_id", vocab="item_id", default="10"),
+        FieldSpec("price", "numeric", "price", mean=2.0, std=4.0, default=6.0),
+        FieldSpec("pop", "numeric", "pop", log=True, mean=0.0, std=1.0),
+        FieldSpec("emb", "vector", "emb", dim=3),
+        FieldSpec("emb_d", "vector", "emb_d", dim=2, default=(1.0, -1.0)),
+        FieldSpec("brand", "hashed", "brand", hash_size=97),
+        FieldSpec("words", "hashed_words", "words", hash_size=97, max_len=4),
+        FieldSpec("year", "bucket", "year", boundaries=(1990.0, 2000.0)),
+    ),
+)
+KINDS_SCHEMA = FeatureSchema(
+    user=TowerSchema(
+        side="user", id_field="user_id", fields=(FieldSpec("user_id", "categorical", "user_id", vocab="u"),)
+    ),
+    item=ITEM,
+    vocabularies={"item_id": ("10", "11"), "u": ("1",)},
+)
+
+
+def test_numeric_and_vector_encode_with_defaults() -> None:
+    enc = TowerEncoder(KINDS_SCHEMA, "item")
+    out = enc.encode(
+        [
+            {"item_id": "11", "price": 10.0, "pop": math.e - 1, "emb": [1, 2, 3], "emb_d": [0.5, 0.5]},
+            {},  # every field missing: defaults where given, else the missing encoding
+            {"price": "12", "pop": -5, "emb": [1, 2], "emb_d": [math.nan, 1.0]},  # unusable -> as missing
+        ]
+    )
+    assert out["price"].dtype == np.float32 and out["price"].shape == (3,)
+    assert out["price"].tolist() == [2.0, 1.0, 1.0]  # (10-2)/4; default 6 -> (6-2)/4
+    assert out["pop"].tolist() == pytest.approx([1.0, 0.0, 0.0])  # log1p(e-1) = 1; missing -> mean
+    assert out["emb"].dtype == np.float32 and out["emb"].tolist() == [[1, 2, 3], [0, 0, 0], [0, 0, 0]]
+    assert out["emb_d"].tolist() == [[0.5, 0.5], [1.0, -1.0], [1.0, -1.0]]
+    assert out["item_id"].tolist() == [2, 1, 1]  # default "10"
+
+
+HOSTILE = [
+    ({"price": 10**400}, "features.price", "must be a finite number"),
+    ({"year": 10**400}, "features.year", "must be a finite number"),
+    ({"year": -(10**400)}, "features.year", "must be a finite number"),
+    ({"price": 1e308 * 10}, "features.price", "must be a finite number"),
+    ({"price": 1e300}, "features.price", "out of range"),  # finite, but not as a float32
+    ({"pop": -1}, "features.pop", "greater than -1"),
+    ({"price": True}, "features.price", "expected a number"),
+    ({"emb": [1.0, 2.0]}, "features.emb", "expected 3 numbers, got 2"),
+    ({"emb": [1.0, math.nan, 2.0]}, "features.emb", "every number must be finite"),
+    ({"emb": [1.0, 10**400, 2.0]}, "features.emb", "every number must be finite"),
+    ({"emb": [1.0, "2", 3.0]}, "features.emb", "expected a list of 3 numbers"),
+    ({"emb": "1,2,3"}, "features.emb", "expected a list of 3 numbers"),
+    ({"brand": ["x"]}, "features.brand", "expected a string"),
+]
+
+
+@pytest.mark.parametrize(("features", "field", "message"), HOSTILE)
+def test_hostile_values_are_feature_errors_naming_the_field(
+    features: dict[str, object], field: str, message: str
+) -> None:
+    enc = TowerEncoder(KINDS_SCHEMA, "item")
+    with pytest.raises(FeatureError) as info:
+        enc.validate(features)
+    assert info.value.field == field and message in info.value.message
+    # encode never raises on the same values: they count as missing
+    out = enc.encode([features])
+    assert all(np.isfinite(a).all() for a in out.values() if a.dtype == np.float32)
+
+
+def test_lone_surrogates_hash_instead_of_failing() -> None:
+    enc = TowerEncoder(KINDS_SCHEMA, "item")
+    row = {"item_id": "\ud800", "brand": "\udfff-x", "words": "a \ud800 b"}
+    assert enc.validate({k: v for k, v in row.items() if k != "item_id"}) == {
+        "brand": "\udfff-x",
+        "words": "a \ud800 b",
+    }
+    out = enc.encode([row])
+    assert out["item_id"].tolist() == [0]
+    assert out["brand"].tolist() == [hash_token("\udfff-x", 97)] and 0 < out["brand"][0] < 97
+    # "\ud800" hashes like any other string (surrogatepass), so it differs from the empty string
+    assert hash_token("\ud800", 97) != hash_token("", 97)
+
+
+def test_integer_tokens_count_as_their_text() -> None:
+    # a Parquet column of integers must find the same vocabulary entries and hashes as strings
+    enc = TowerEncoder(KINDS_SCHEMA, "item")
+    a, b = enc.encode([{"item_id": 11, "brand": 7}]), enc.encode([{"item_id": "11", "brand": "7"}])
+    assert (
+        a["item_id"].tolist() == b["item_id"].tolist() == [2] and a["brand"].tolist() == b["brand"].tolist()
+    )

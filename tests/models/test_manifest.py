@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from models.errors import ArtifactError, ManifestError, VersionExists
-from models.features import default_schema
 from models.manifest import (
     ITEM_TOWER,
     MANIFEST,
@@ -19,8 +18,9 @@ from models.manifest import (
     load_version,
     write_version,
 )
+from models.schema import load_schema
 
-SCHEMA = default_schema(
+SCHEMA = load_schema(Path(__file__).resolve().parents[2] / "examples" / "movielens" / "schema.toml").resolve(
     {"user_id": ["1"], "item_id": ["10"], "gender": ["F"], "occupation": ["x"], "genre": ["Drama"]}
 )
 
@@ -80,3 +80,23 @@ def test_nothing_left_on_failure(tmp_path: Path) -> None:
         write_version(tmp_path, "v2", broken, _manifest("v2"))  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
     assert list_versions(tmp_path) == []
+
+
+def test_format_1_manifests_are_still_read_and_others_refused(tmp_path: Path) -> None:
+    write_version(tmp_path, "v1", _files, _manifest("v1"))  # type: ignore[arg-type]
+    path = tmp_path / "v1" / MANIFEST
+    raw = json.loads(path.read_text())
+    assert raw["format"] == 2 and raw["features"]["layout"]["history"] == ["history"]
+    # what a format-1 manifest held: no layout, no filterable / from_interactions flags
+    del raw["features"]["layout"]
+    for tower in ("user", "item"):
+        for f in raw["features"][tower]["fields"]:
+            f.pop("filterable", None)
+            f.pop("from_interactions", None)
+    path.write_text(json.dumps({**raw, "format": 1}))
+    old = load_version(tmp_path, "v1")
+    assert [f.name for f in old.features.user.fields] == [f.name for f in SCHEMA.user.fields]
+    assert old.features.layout == SCHEMA.layout  # the defaults: what format 1 meant
+    path.write_text(json.dumps({**raw, "format": 3}))
+    with pytest.raises(ManifestError, match="unsupported format 3"):
+        load_version(tmp_path, "v1")

@@ -154,3 +154,47 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         cells = [row["scenario"], row["expected"], row["observed"], f"{outcome} ({seconds:.0f} s)"]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+# --- for the chaos suite (issue 11) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs the test may fill, or a skip saying why it cannot be mounted here."""
+    import subprocess
+
+    mnt = tmp_path / "tiny-disk"
+    mnt.mkdir()
+    try:
+        out = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def fill_disk(path: Path) -> Path:
+    """Write zeros into `path/filler` until the filesystem is full; returns the filler."""
+    import errno
+
+    filler = path / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * 4096
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.cli import index_config
+from app.reindex.build import index_config
 from app.settings import Settings
 from index_store.store import CURRENT, INDEX_FILE, VECTORS_FILE, IndexStore
 from tests.reliability.artifacts import (

@@ -2,11 +2,13 @@
 real redis-server (issue 11, cases 5, 6, 7; issue 10, new versions without restarts).
 
 Each scenario ends the same way: every replica on the same newest build, zero 5xx under load, no
-alias lost or moved by anyone but the operator.
+alias lost or moved by anyone but the operator, no job left queued or running, nothing half-written
+in the index store (the checks of tests/reliability/chaos.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,10 +20,11 @@ from typing import Any
 import pytest
 import redis
 
-from app.features import load_into_redis
+from app.state.load import load_into_redis
 from index_store.store import INDEX_FILE, IndexStore
 from tests.conftest import RedisServer
 from tests.reliability.artifacts import clone_version, copy_build, current, publish
+from tests.reliability.chaos import assert_no_stuck_job, assert_nothing_half_written
 from tests.reliability.conftest import GoodIndex
 from tests.reliability.procs import ADMIN, Load, Outcome, Proc, Server, deadline_loop, fmt_counts, summary
 
@@ -73,6 +76,12 @@ class Cluster:
         counts = summary(outcomes)
         assert not [o for o in outcomes if o.status is None or o.status >= 500], counts
         assert self.aliases() == aliases, self.aliases()
+        for _ in deadline_loop(30, "every job to finish or be handed back", step=0.2):
+            jobs = [json.loads(self.rc.get(k) or b"{}") for k in self.rc.scan_iter("tt:job:*")]
+            if not [j for j in jobs if j.get("status") in ("queued", "running")]:
+                break
+        assert_no_stuck_job(jobs)
+        assert_nothing_half_written(self.index)
         # The build each replica answers with never goes backwards (one load thread per replica).
         for load in self.loads:
             served = [o.build for o in load.outcomes if o.build is not None]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.features import load_into_redis
+from app.state.load import load_into_redis
 from tests.conftest import RedisServer
 from tests.reliability.conftest import GoodIndex
 from tests.reliability.procs import ADMIN, Load, deadline_loop, fmt_counts, summary

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, HTTPException
 
 from app.api.deps import AdminDep, ServiceDep
+from app.reindex.jobs import submit
 from app.schemas import (
     AliasRequest,
     AliasResponse,
@@ -15,8 +18,9 @@ from app.schemas import (
     ReplicaInfo,
     VersionInfo,
     Versions,
+    Workers,
+    WorkerStatus,
 )
-from app.worker import submit
 from models.errors import IndexNotReady
 
 router = APIRouter(
@@ -31,7 +35,11 @@ router = APIRouter(
     "/reindex",
     status_code=202,
     response_model=ReindexAccepted,
-    responses={400: {"description": "body that cannot be parsed"}, 404: {"description": "unknown version"}},
+    responses={
+        400: {"description": "body that cannot be parsed"},
+        404: {"description": "unknown version"},
+        409: {"description": "a build without allow_shrink is already queued or running"},
+    },
 )
 async def reindex(service: ServiceDep, body: ReindexRequest | None = None) -> ReindexAccepted:
     """Queue a rebuild of one version (or every served one); a build already queued or running is returned."""
@@ -41,7 +49,8 @@ async def reindex(service: ServiceDep, body: ReindexRequest | None = None) -> Re
         tags = sorted(service.versions)
     if not tags:
         raise HTTPException(404, "no model version is served")
-    jobs = [await submit(service.store, tag) for tag in tags]
+    allow_shrink = body is not None and body.allow_shrink
+    jobs = [await submit(service.store, tag, allow_shrink=allow_shrink) for tag in tags]
     refs = [JobRef(job_id=j["job_id"], status=j["status"], model_version=j["model_version"]) for j in jobs]
     return ReindexAccepted(job_id=refs[0].job_id, status=refs[0].status, jobs=refs)
 
@@ -53,6 +62,22 @@ async def job(job_id: str, service: ServiceDep) -> Job:
     if found is None:
         raise HTTPException(404, f"unknown job {job_id!r}")
     return Job.model_validate(found, from_attributes=False)
+
+
+@router.get("/worker", response_model=Workers)
+async def workers(service: ServiceDep) -> Workers:
+    """Every reindex worker heard from lately (in this process or apart), with its state."""
+    now = time.time()
+    found = sorted(await service.store.workers(), key=lambda w: (w.get("host", ""), w.get("pid", 0)))
+    return Workers(
+        workers=[
+            WorkerStatus(
+                **{k: w.get(k) for k in WorkerStatus.model_fields if k != "alive"},
+                alive=now - float(w["seen_at"]) <= 3 * float(w.get("lease_s", 30)),
+            )
+            for w in found
+        ]
+    )
 
 
 @router.get("/versions", response_model=Versions)
@@ -84,6 +109,8 @@ async def versions(service: ServiceDep) -> Versions:
         400: {"description": "body that cannot be parsed"},
         404: {"description": "unknown version"},
         409: {"description": "the version has no ready index here, or on some live replica (named)"},
+        503: {"description": "the alias could not be recorded (store unreachable); nothing changed"},
+        507: {"description": "the index store's disk is full; nothing changed"},
     },
 )
 async def move_alias(alias: str, body: AliasRequest, service: ServiceDep) -> AliasResponse:

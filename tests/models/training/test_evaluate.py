@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from models.data import load_dataset
+from models.schema import load_schema
 from models.training.evaluate import eval_set, metrics_table, rank_metrics, temporal_split
+from tests.models.conftest import MOVIELENS
 
 
 def test_temporal_split_holds_out_the_last_two(tiny_data: Path) -> None:
-    ds = load_dataset(tiny_data)
+    ds = load_dataset(tiny_data, load_schema(MOVIELENS))
     split = temporal_split(ds)
     for u, seq in split.sequences.items():
         times = [r.timestamp for r in ds.histories()[u]]
@@ -26,7 +28,7 @@ def test_temporal_split_holds_out_the_last_two(tiny_data: Path) -> None:
 
 
 def test_rank_metrics_counts_rank_after_exclusions(tiny_data: Path) -> None:
-    split = temporal_split(load_dataset(tiny_data))
+    split = temporal_split(load_dataset(tiny_data, load_schema(MOVIELENS)))
     es = eval_set(split, "test")
     items = sorted({i for s in split.sequences.values() for i in s})
     col = {i: j for j, i in enumerate(items)}

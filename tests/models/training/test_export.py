@@ -14,19 +14,20 @@ pytestmark = pytest.mark.train
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from models.training import export as export_mod  # noqa: E402
 from models.data import load_dataset  # noqa: E402
 from models.errors import ArtifactError, VersionExists  # noqa: E402
+from models.schema import load_schema  # noqa: E402
+from models.training import export as export_mod  # noqa: E402
 from models.training.train import TrainConfig, prepare, real_rows, train_and_export, train_model  # noqa: E402
+from tests.models.conftest import MOVIELENS  # noqa: E402
 
-TINY = TrainConfig(
-    epochs=1, batch_size=64, dim=16, field_dim=8, hidden=(32,), history_len=8, title_hash_size=64
-)
+TINY = TrainConfig(epochs=1, batch_size=64, dim=16, field_dim=8, hidden=(32,))
+SCHEMA = load_schema(MOVIELENS)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data: Path) -> tuple[object, object]:
-    prep = prepare(load_dataset(tiny_data), TINY)
+    prep = prepare(load_dataset(tiny_data, SCHEMA), SCHEMA)
     model, _ = train_model(prep, TINY)
     return prep, model
 
@@ -55,7 +56,7 @@ def test_onnx_matches_pytorch_on_real_cold_and_random_batches(
 ) -> None:
     store, version = tiny_version
     m = load_version(store, version)
-    ds = load_dataset(tiny_data)
+    ds = load_dataset(tiny_data, SCHEMA)
     enc = TowerEncoder(m.features, side)  # type: ignore[arg-type]
     if side == "user":
         rows = [{**u, "history": ["1", "2", "3"]} for u in ds.users.values()]
@@ -100,13 +101,13 @@ def test_export_refuses_on_parity_failure(
 def test_existing_version_is_refused_before_training(tiny_version: tuple[Path, str], tiny_data: Path) -> None:
     store, version = tiny_version
     with pytest.raises(VersionExists):
-        train_and_export(tiny_data, store, version, TINY)
+        train_and_export(MOVIELENS, tiny_data, store, version, TINY)
     assert list_versions(store) == [version]
 
 
 def test_mns_and_no_senet_train(tiny_data: Path) -> None:
     cfg = TrainConfig(**{**TINY.to_dict(), "hidden": (16,), "mns": True, "senet": False, "mns_cache": 32})
-    prep = prepare(load_dataset(tiny_data), cfg)
+    prep = prepare(load_dataset(tiny_data, SCHEMA), SCHEMA)
     model, info = train_model(prep, cfg)
     assert model.user.senet is None and info["epochs_run"] == 1
     assert 0.0 <= info["best_val_recall@50"] <= 1.0

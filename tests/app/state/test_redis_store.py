@@ -11,8 +11,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.features import load_into_redis
 from app.main import create_app
+from app.state.load import load_into_redis
 from tests.app.conftest import make_settings
 from tests.conftest import RedisServer
 

@@ -1,0 +1,140 @@
+"""One reindex run: `twotower reindex` by hand, or the worker's build child (`--json-progress`).
+
+Builds every requested version through IndexStore.build, behind the version's lock: the worker's
+(checked through `fence_token`) or, run by hand against Redis, one it takes itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from app.reindex import child
+from app.settings import Settings
+from models.errors import BuildRefused, TwoTowerError
+
+log = logging.getLogger("twotower")
+BUILD_LOCK = ".build.lock"
+
+
+def index_config(settings: Settings) -> Any:
+    from index_store.build import IndexConfig
+
+    s = settings.index
+    config = IndexConfig(
+        exact_threshold=s.exact_threshold,
+        recall_floor=s.recall_floor,
+        recall_k=s.recall_k,
+        batch_size=s.batch_size,
+        threads=s.build_threads,
+        keep_builds=s.keep_builds,
+        max_shrink=s.max_shrink,
+    )
+    return dataclasses.replace(config, ann_factory=s.ann_factory) if s.ann_factory else config
+
+
+def catalog(settings: Settings) -> Iterator[dict[str, Any]]:
+    from app.catalog import iter_catalog_file
+    from app.state import RedisStore
+
+    if settings.redis_url:
+        return RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix).iter_catalog()
+    if settings.data_dir is None:
+        raise TwoTowerError("no catalog: set TWOTOWER_DATA_DIR or TWOTOWER_REDIS_URL")
+    return iter_catalog_file(Path(settings.data_dir))
+
+
+def reindex(
+    settings: Settings,
+    model_version: str | None = None,
+    if_missing: bool = False,
+    build_id: str | None = None,
+    fence_token: str | None = None,
+    json_progress: bool = False,
+    allow_shrink: bool = False,
+) -> int:
+    """Build, verify and publish; returns the process exit code."""
+    from app.catalog import sample_users
+    from app.state import RedisStore
+    from app.state.locks import SyncLock, file_lock
+    from index_store.store import IndexStore
+    from index_store.threads import set_faiss_threads
+    from models.manifest import list_versions
+
+    if json_progress:  # a worker's child: die with the worker, yield the CPU to requests
+        child.watch_parent()
+        if settings.index.build_nice:
+            os.nice(settings.index.build_nice)
+    set_faiss_threads(settings.index.build_threads)
+    versions = (
+        [model_version]
+        if model_version
+        else (settings.model_versions or list_versions(Path(settings.model_store)))
+    )
+    if not versions:
+        print(f"no model version in {settings.model_store}", file=sys.stderr)
+        return 2
+    store = IndexStore(Path(settings.index_store), keep=settings.index.keep_builds)
+    for version in versions:
+        if if_missing and store.current_build(version) is not None:
+            print(f"{version}: build {store.current_build(version)} is current; nothing to do")
+            continue
+
+        def progress(n: int, version: str = version) -> None:
+            if json_progress:
+                print(child.progress_line(n), flush=True)
+            else:
+                log.info("%s: %d items encoded", version, n)
+
+        with contextlib.ExitStack() as stack:
+            fence: Callable[[], None] | None = None
+            if settings.redis_url and fence_token:
+                rs = RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix)
+                token = fence_token
+
+                def fence(rs: RedisStore = rs, token: str = token, version: str = version) -> None:
+                    if rs.lock_holder(version) != token:
+                        raise BuildRefused(
+                            f"lock on {version} lost before publish: stale build not published"
+                        )
+
+            elif settings.redis_url:
+                lock = stack.enter_context(SyncLock(settings, version))
+
+                def fence(lock: SyncLock = lock, version: str = version) -> None:
+                    if lock.holder() != lock.token:
+                        raise BuildRefused(
+                            f"lock on {version} lost before publish: stale build not published"
+                        )
+
+            else:
+                # One node: the worker's build child and a `twotower reindex` run by hand take turns
+                # on a file lock; the kernel drops it if its holder dies.
+                def waiting(version: str = version) -> None:
+                    log.info("waiting for the build lock on %s (another build of it is running)", version)
+
+                path = Path(settings.index_store) / version / BUILD_LOCK
+                stack.enter_context(file_lock(path, on_wait=waiting))
+
+            published = store.build(
+                Path(settings.model_store),
+                version,
+                catalog(settings),
+                index_config(settings),
+                fence=fence,
+                build_id=build_id,
+                progress=progress,
+                users=sample_users(settings, index_config(settings).sample_queries),
+                allow_shrink=allow_shrink,
+            )
+        if json_progress:
+            print(child.done_line(published, version), flush=True)
+        else:
+            print(f"{version}: build {published} is current in {settings.index_store}")
+    return 0

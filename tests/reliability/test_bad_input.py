@@ -401,11 +401,14 @@ def test_hand_picked_bad_input(api: Server, report: Callable[[str, str, str], No
         f"Hand-picked bad input over real HTTP ({len(CASES)} cases): k 0 / negative / huge / past int64 / "
         "1e308 / true / a string; NaN and ±Infinity; wrong JSON types; non-JSON, form-encoded, not "
         "UTF-8, 100k-deep JSON, empty bodies; unknown model version; unknown user and item features; "
-        "ids of 300 and 5000 chars; 10,000 candidates; a 100,000-id exclusion list",
+        "ids of 300 and 5000 chars; 10,000 candidates; a 100,000-id exclusion list; integers past the float "
+        "range in numeric features; lone surrogates in feature names, user_id and model_version; ids one "
+        "past max_id_length in /score's user_id and item_id, an exclusion and a history entry",
         "each gets its 4xx naming the field, never a 5xx; the server stays up",
         ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
         + f" as expected; {len(ACCEPTED)} edge cases that are valid (unicode, NUL and RTL ids, "
-        f"ids at their limits, a 50,000-item history) answered 200; RSS {mib(before)} before, peak "
+        f"ids at their limits, a 50,000- and a 150,000-item history, lone surrogates in string feature "
+        f"values, 10**30 as a number) answered 200; RSS {mib(before)} before, peak "
         f"{mib(rss.peak)}, {mib(after)} after",
     )
 

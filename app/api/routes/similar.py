@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response
 
 from app.api.deps import ServiceDep, SettingsDep
+from app.api.limits import check_exclusions, check_id
 from app.api.responses import FastJSON
 from app.schemas import SimilarRequest, SimilarResponse
 
@@ -18,10 +19,6 @@ ERRORS: dict[int | str, dict[str, str]] = {
 }
 
 
-def _refuse(field: str, msg: str) -> HTTPException:
-    return HTTPException(422, [{"loc": ["body", field], "msg": msg, "type": "limit"}])
-
-
 @router.post("/similar", response_model=SimilarResponse, responses=ERRORS)
 async def similar(body: SimilarRequest, service: ServiceDep, settings: SettingsDep) -> Response:
     """Top-k items nearest one item (its stored vector, or the item tower on `features`), never itself."""
@@ -31,10 +28,8 @@ async def similar(body: SimilarRequest, service: ServiceDep, settings: SettingsD
         raise HTTPException(
             422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}]
         )
-    if len(body.exclude_item_ids) > limits.max_exclude:
-        raise _refuse("exclude_item_ids", f"at most {limits.max_exclude} ids")
-    if len(body.item_id) > limits.max_id_length:
-        raise _refuse("item_id", f"at most {limits.max_id_length} characters")
+    check_exclusions(limits, body.exclude_item_ids)
+    check_id(limits, body.item_id, "item_id")
     res = await service.similar(
         body.model_version, body.item_id, body.features, k, body.exclude_item_ids, body.filter
     )

@@ -12,7 +12,7 @@ import anyio
 from fastapi import FastAPI
 
 from app import errors
-from app.api.routes import admin, health, recall, score, similar
+from app.api.routes import admin, health, items, recall, score, similar
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestMetrics
 from app.reindex.jobs import submit
@@ -43,6 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(service.load_versions)
     await service.refresh_aliases()
     await service.sync_builds()
+    await service.sync_changes()  # replays the change log on top of the builds just loaded
     await service.heartbeat()
     app.state.service = service
 
@@ -51,7 +52,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.sync_builds()
         await service.heartbeat()
 
-    tasks = [asyncio.create_task(_every(settings.poll_interval_s, poll))]
+    tasks = [
+        asyncio.create_task(_every(settings.poll_interval_s, poll)),
+        asyncio.create_task(_every(settings.changes_poll_s, service.sync_changes)),
+    ]
     if settings.model_poll_s > 0:
 
         async def discover() -> None:
@@ -97,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     errors.install(app)
-    for module in (recall, similar, score, admin, health):
+    for module in (recall, similar, score, admin, items, health):
         app.include_router(module.router)
     # Outermost first: count every request, then refuse oversized bodies before parsing.
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)

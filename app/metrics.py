@@ -37,6 +37,12 @@ class Metrics:
             registry=r,
         )
         self.items = Gauge("twotower_index_items", "Items in the serving index", ["version"], registry=r)
+        self.delta_items = Gauge(
+            "twotower_delta_items",
+            "Catalog changes (upserts and deletes) pending on top of the serving build",
+            ["version"],
+            registry=r,
+        )
         self.build_progress = Gauge(
             "twotower_build_items_encoded", "Items encoded by the running build", ["version"], registry=r
         )

@@ -173,3 +173,16 @@ class Health(BaseModel):
     status: str
     model_version: str | None = None
     index_build: str | None = None
+
+
+class UpsertItem(_Strict):
+    item_id: ItemId
+    features: Features
+
+
+class UpsertRequest(_Strict):
+    items: list[UpsertItem] = Field(..., description="1..limits.max_upsert_items items")
+
+
+class ItemsAccepted(BaseModel):
+    accepted: int

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
+from app.delta import CatalogDelta, DeltaView, build_floor, search_merged
 from app.filtering import filter_rows
 from app.metrics import Metrics
 from app.reindex.jobs import submit
@@ -108,6 +109,7 @@ class Service:
         self._loading: dict[str, asyncio.Lock] = {}  # version -> its single-flight activation
         self._model_refused: dict[str, object] = {}  # version -> files as they were when it failed
         self._gone: set[str] = set()  # served versions whose directory left the model store
+        self.delta = CatalogDelta(metrics)  # catalog changes since each serving build (app/delta.py)
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -387,6 +389,8 @@ class Service:
                 "index %s/%s loaded after %s: older, discarded (never swap back)", tag, build_id, old.build_id
             )
             return False
+        # After the swap, never before: a delete the old build still holds stays hidden until then.
+        self.delta.apply([], {tag: served}, {tag: build_floor(snap)})
         self.metrics.swaps.labels(tag).inc()
         self.metrics.items.labels(tag).set(snap.size)
         log.info(
@@ -411,6 +415,33 @@ class Service:
         for res in results:
             if not res or not all(math.isfinite(s) for _, s in res):
                 raise BuildRefused("warm-up search returned no or non-finite scores")
+
+    # --- catalog changes ------------------------------------------------------------------------
+
+    def floors(self) -> dict[str, int]:
+        """Per version, the last catalog change its serving build holds."""
+        return {tag: build_floor(snap) for tag, snap in self.registry.snapshots().items()}
+
+    async def sync_changes(self) -> None:
+        """Apply the catalog changes other replicas took (the poll); a store down is retried next poll."""
+        try:
+            await self.delta.poll(self.store, self.versions, self.floors())
+        except StoreUnavailable as exc:
+            log.warning("catalog changes not read, retried at the next poll: %s", exc)
+
+    def check_item(self, item_id: str, features: Mapping[str, Any], where: str) -> None:
+        """An upsert must encode under every served version (FeatureError names `where`.field)."""
+        limit = self.settings.limits.max_id_length
+        if len(item_id) > limit:
+            raise FeatureError(where.rsplit(".", 1)[0] + ".item_id", f"at most {limit} characters")
+        for served in self.versions.values():
+            valid = served.item.encoder.validate(features, where)
+            self._check_sequence_ids(served.item, valid, where)
+
+    async def change_items(self, changes: list[dict[str, Any]]) -> None:
+        """Record checked changes durably, then apply them here before the caller answers."""
+        stamped = await self.store.append_changes(changes)
+        await anyio.to_thread.run_sync(self.delta.apply, stamped, self.versions, self.floors())
 
     # --- the request paths ----------------------------------------------------------------------
 
@@ -481,9 +512,13 @@ class Service:
         if exclude_history:
             banned.update(user.recent_history(self.settings.limits.max_exclude - len(exclude)))
 
+        view = self.delta.view(served.tag)
+        delta_allowed = view.filter_rows(filter, served, self.settings.filters.max_values)
+
         def compute() -> list[tuple[str, float]]:
-            q = served.user.embed([user.row])
-            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below_for(snap.kind))[0]
+            q = served.user.embed([user.row])[0]
+            exact_below = self.settings.filters.exact_below_for(snap.kind)
+            return search_merged(snap, view, q, k, banned, allowed, delta_allowed, exact_below)
 
         items = await self.run(compute, snap)
         return Recalled(served.tag, snap.build_id, user.cold_start, items)
@@ -502,20 +537,23 @@ class Service:
         served = self.resolve(version)
         snap = self.snapshot(served)
         allowed = filter_rows(self.settings, served.manifest, snap, filter)
+        view = self.delta.view(served.tag)
+        delta_allowed = view.filter_rows(filter, served, self.settings.filters.max_values)
         row: dict[str, Any] | None = None
         if features is not None:
             valid = served.item.encoder.validate(features, "features")
             self._check_sequence_ids(served.item, valid, "features")
             row = {**valid, served.item.encoder.tower.id_field: item_id}
         else:
-            stored, found = snap.vectors_for([item_id])
+            stored, found = _vectors_for(snap, view, [item_id])
             if not found[0]:
                 raise UnknownItem(item_id, served.tag)
         banned = {*exclude, item_id}
 
         def compute() -> list[tuple[str, float]]:
             q = served.item.embed([row])[0] if row is not None else stored[0]
-            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below_for(snap.kind))[0]
+            exact_below = self.settings.filters.exact_below_for(snap.kind)
+            return search_merged(snap, view, q, k, banned, allowed, delta_allowed, exact_below)
 
         items = await self.run(compute, snap)
         return Recalled(served.tag, snap.build_id, False, items)
@@ -538,10 +576,11 @@ class Service:
                 with_features.append(i)
                 rows.append({**valid, served.item.encoder.tower.id_field: item_id})
         user = await self.user_context(served, user_id, features)
+        view = self.delta.view(served.tag)
 
         def compute() -> list[float | None]:
             u = served.user.embed([user.row])[0]  # the user tower runs once per request
-            vecs, found = snap.vectors_for([item_id for item_id, _ in items])
+            vecs, found = _vectors_for(snap, view, [item_id for item_id, _ in items])
             if rows:  # one item-tower batch for everything sent with features
                 vecs[with_features] = served.item.embed(rows)
                 found[with_features] = True
@@ -551,6 +590,18 @@ class Service:
 
         scores = await self.run(compute)
         return Scored(served.tag, snap.build_id, scores)
+
+
+def _vectors_for(snap: Snapshot, view: DeltaView, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors, a pending upsert's taking the place of the build's, a pending delete none."""
+    vecs, found = snap.vectors_for(item_ids)
+    if view.shadow:
+        for i, item_id in enumerate(item_ids):
+            if item_id in view.shadow:
+                r = view.row_of.get(item_id)
+                found[i] = r is not None
+                vecs[i] = view.vectors[r] if r is not None else 0.0
+    return vecs, found
 
 
 def feature_error_detail(exc: FeatureError) -> list[dict[str, Any]]:

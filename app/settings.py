@@ -24,6 +24,7 @@ class Limits(BaseModel):
     max_exclude: int = Field(10_000, ge=0)
     max_body_bytes: int = Field(2_000_000, ge=1024)
     max_id_length: int = Field(256, ge=1)
+    max_upsert_items: int = Field(1000, ge=1)  # items in one PUT /admin/items
 
 
 class IndexSettings(BaseModel):
@@ -96,6 +97,8 @@ class Settings(BaseSettings):
     reindex_interval_s: float = Field(0, ge=0)  # 0: only on POST /admin/reindex
     reindex_on_start: bool = True  # build an index for a version that has none
     poll_interval_s: float = Field(1.0, gt=0)  # how often a replica looks for new builds
+    # How often a replica reads the catalog change log (upserts and deletes other replicas took).
+    changes_poll_s: float = Field(0.5, gt=0)
     model_poll_s: float = Field(5.0, ge=0)  # how often a replica looks for new model versions; 0: never
     lock_ttl_s: float = Field(30.0, gt=1)
     # A replica rewrites its record (what it serves) on every poll; one not renewed this long is

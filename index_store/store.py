@@ -255,6 +255,7 @@ class IndexStore:
         progress: Callable[[int], None] | None = None,
         users: Iterable[Mapping[str, Any]] = (),
         allow_shrink: bool = False,
+        extra_manifest: Mapping[str, Any] | None = None,
     ) -> str:
         """Encode `catalog` with the version's item tower, index, verify recall, persist, publish.
 
@@ -262,7 +263,8 @@ class IndexStore:
         gone are removed as leftovers of crashed builds. `fence()` is called under the publish lock
         right before CURRENT is replaced and must raise if this worker lost the lock; the new build
         is then deleted, never published. A catalog smaller than `config.max_shrink` times the
-        current build's is refused unless `allow_shrink`.
+        current build's is refused unless `allow_shrink`. `extra_manifest` is
+        recorded in the manifest as is (e.g. the last catalog change the catalog holds).
         """
         started = time.monotonic()
         build_id = check_tag(build_id or new_build_id())
@@ -301,7 +303,18 @@ class IndexStore:
                 **built.timings,
             }
             manifest = self._write_build(
-                tmp, model, build_id, ids, vectors, attributes, built, config, timings, started, t
+                tmp,
+                model,
+                build_id,
+                ids,
+                vectors,
+                attributes,
+                built,
+                config,
+                timings,
+                started,
+                t,
+                extra_manifest or {},
             )
             os.rename(tmp, final)
             fsync_dir(vdir)
@@ -371,6 +384,7 @@ class IndexStore:
         timings: dict[str, float],
         started: float,
         write_started: float,
+        extra: Mapping[str, Any],
     ) -> str:
         """Write the files and the manifest into `tmp`, fsync them; returns the manifest's sha256."""
         faiss.write_index(built.index, str(tmp / INDEX_FILE))
@@ -408,6 +422,7 @@ class IndexStore:
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "config": config.to_dict(),
             "versions": {"faiss": faiss.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__},
+            **extra,
         }
         data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         with open(tmp / MANIFEST, "wb") as f:

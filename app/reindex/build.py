@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,19 @@ def catalog(settings: Settings) -> Iterator[dict[str, Any]]:
     return iter_catalog_file(Path(settings.data_dir))
 
 
+def changed_catalog(settings: Settings, id_field: str) -> tuple[Iterator[Mapping[str, Any]], int]:
+    """The catalog with the change log folded in, and the last change folded (the build records
+    it; a replica that swaps the build in drops its pending changes up to it, keeps the later)."""
+    from app.state.changes import CHANGES_FILE, FileChangeLog, fold, read_changes_sync
+
+    if settings.redis_url:
+        changes = read_changes_sync(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
+    else:
+        changes = FileChangeLog(Path(settings.index_store) / CHANGES_FILE).read_since(0)
+    last = max((int(c["seq"]) for c in changes), default=0)
+    return fold(catalog(settings), changes, id_field), last
+
+
 def reindex(
     settings: Settings,
     model_version: str | None = None,
@@ -65,7 +78,7 @@ def reindex(
     from app.state.locks import SyncLock, file_lock
     from index_store.store import IndexStore
     from index_store.threads import set_faiss_threads
-    from models.manifest import list_versions
+    from models.manifest import list_versions, load_version
 
     if json_progress:  # a worker's child: die with the worker, yield the CPU to requests
         child.watch_parent()
@@ -122,16 +135,19 @@ def reindex(
                 path = Path(settings.index_store) / version / BUILD_LOCK
                 stack.enter_context(file_lock(path, on_wait=waiting))
 
+            id_field = load_version(Path(settings.model_store), version).features.item.id_field
+            rows, last_change = changed_catalog(settings, id_field)
             published = store.build(
                 Path(settings.model_store),
                 version,
-                catalog(settings),
+                rows,
                 index_config(settings),
                 fence=fence,
                 build_id=build_id,
                 progress=progress,
                 users=sample_users(settings, index_config(settings).sample_queries),
                 allow_shrink=allow_shrink,
+                extra_manifest={"changes_seq": last_change},
             )
         if json_progress:
             print(child.done_line(published, version), flush=True)

@@ -116,6 +116,14 @@ class FeatureStore(ABC):
     async def set_active_build(self, version: str, build_id: str) -> None: ...
 
     @abstractmethod
+    async def append_changes(self, changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append catalog changes durably in one step (all or none); returns them with their `seq`."""
+
+    @abstractmethod
+    async def changes_since(self, seq: int) -> list[dict[str, Any]]:
+        """Every catalog change after `seq`, in order (app/state/changes.py)."""
+
+    @abstractmethod
     def iter_catalog(self) -> Iterator[dict[str, Any]]:
         """Stream the item catalog (sync: builds run in a worker process)."""
 

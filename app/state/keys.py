@@ -9,6 +9,8 @@
 <prefix>active:<version>    the job id queued or running for a version (coalesces submits)
 <prefix>lock:<version>      the build lock's token (expires unless renewed)
 <prefix>replica:<id>        JSON: what one API replica serves (expires unless renewed; see Service.heartbeat)
+<prefix>changes             sorted set: catalog changes (JSON) by sequence number (app/state/changes.py)
+<prefix>changes:seq         the last sequence number handed out
 """
 
 from __future__ import annotations
@@ -67,3 +69,11 @@ class Keys:
 
     def lock(self, version: str) -> str:
         return f"{self.prefix}lock:{version}"
+
+    @property
+    def changes(self) -> str:
+        return f"{self.prefix}changes"
+
+    @property
+    def changes_seq(self) -> str:
+        return f"{self.prefix}changes:seq"

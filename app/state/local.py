@@ -14,8 +14,10 @@ import anyio
 from app.catalog import iter_catalog_file, read_users
 from app.state.aliases import AliasFile
 from app.state.base import FeatureStore
+from app.state.changes import CHANGES_FILE, FileChangeLog
 from app.state.locks import MemoryLocks
 from models.data import has_table
+from models.errors import StoreUnavailable
 from models.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class LocalStore(FeatureStore):
         self._workers: dict[str, tuple[float, dict[str, Any]]] = {}
         self._replicas: dict[str, tuple[float, dict[str, Any]]] = {}
         self._locks = MemoryLocks()
+        self.changes = FileChangeLog(alias_file.parent / CHANGES_FILE)  # beside the index store
 
     def load(self) -> LocalStore:
         if self.data_dir is not None and has_table(self.data_dir, DataLayout().users):
@@ -163,6 +166,18 @@ class LocalStore(FeatureStore):
 
     async def set_active_build(self, version: str, build_id: str) -> None:
         return None  # the index store's CURRENT pointer is the record on one node
+
+    async def append_changes(self, changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            return await anyio.to_thread.run_sync(self.changes.append, changes)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.changes.path}: change not recorded ({exc.strerror})") from exc
+
+    async def changes_since(self, seq: int) -> list[dict[str, Any]]:
+        try:
+            return await anyio.to_thread.run_sync(self.changes.read_since, seq)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.changes.path}: unreadable ({exc.strerror})") from exc
 
     def iter_catalog(self) -> Iterator[dict[str, Any]]:
         if self.data_dir is None:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from app.state import locks, queue
 from app.state.aliases import AliasFile
 from app.state.base import FeatureStore, text
+from app.state.changes import RedisChangeLog
 from app.state.keys import JOB_TTL_S, Keys
 from models.errors import StoreUnavailable
 
@@ -53,6 +54,7 @@ class RedisStore(FeatureStore):
             health_check_interval=10,
         )
         self.locks = locks.RedisLocks(self.client)
+        self.changes = RedisChangeLog(self.client, self.keys, self._call)
         # The alias mirror beside the shared index store: what a Redis restarted empty is refilled from.
         self.mirror = AliasFile(alias_file) if alias_file is not None else None
 
@@ -260,6 +262,12 @@ class RedisStore(FeatureStore):
 
     async def set_active_build(self, version: str, build_id: str) -> None:
         await self._call("build", lambda: self.client.hset(self.keys.builds, version, build_id))
+
+    async def append_changes(self, changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await self.changes.append(changes)
+
+    async def changes_since(self, seq: int) -> list[dict[str, Any]]:
+        return await self.changes.read_since(seq)
 
     def iter_catalog(self) -> Iterator[dict[str, Any]]:
         client = redis.Redis.from_url(self.url, socket_timeout=max(self.timeout_s, 5.0))

@@ -1,0 +1,228 @@
+"""Catalog changes between rebuilds, as each replica serves them: a small in-memory delta per
+model version that the request paths search beside the snapshot.
+
+Every change of the log (app/state/changes.py) newer than the serving build's `changes_seq` (the
+last change the build folded in) is held here: an upsert as its item-tower vector and its filter
+attributes, a delete as a tombstone. Any id with a pending change is hidden in the snapshot (an
+upsert shadows the build's copy, a delete removes it); upserted rows are searched exactly (the delta
+is small) and merged with the snapshot's answer. When a build swaps in, entries up to its
+`changes_seq` are dropped; later ones stay, so a change made during a rebuild is never lost.
+
+Applying is idempotent by sequence number: the replica that takes a change applies it before
+answering, and its poll applies the same change again without effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from index_store.attributes import AttributeCollector, Attributes
+from index_store.filters import filter_mask
+from index_store.snapshot import Snapshot
+from models.errors import FeatureError
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
+    from app.service import ServedVersion
+    from app.state import FeatureStore
+
+log = logging.getLogger(__name__)
+MANIFEST_KEY = "changes_seq"  # in a build manifest: the last change folded into it
+
+
+def build_floor(snap: Snapshot | None) -> int:
+    """The last change a build folded in (0: none, or a build from before the change log)."""
+    raw = snap.manifest.get(MANIFEST_KEY) if snap is not None else None
+    return raw if isinstance(raw, int) else 0
+
+
+@dataclass(frozen=True, eq=False)
+class DeltaView:
+    """One version's pending changes, immutable: a request holds one for its whole search."""
+
+    shadow: frozenset[str] = frozenset()  # every id with a pending change: hidden in the snapshot
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))  # upserted ids
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    attributes: Attributes = field(default_factory=lambda: Attributes(0))
+    row_of: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.shape[0])
+
+    def deleted(self, item_id: str) -> bool:
+        return item_id in self.shadow and item_id not in self.row_of
+
+    def search(
+        self, query: np.ndarray, k: int, banned: Collection[str], allowed: np.ndarray | None
+    ) -> list[tuple[str, float]]:
+        """Exact top-k over the upserted rows (in `allowed`, not in `banned`)."""
+        if self.size == 0 or k < 1:
+            return []
+        scores = (self.vectors @ query).astype(np.float64)
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+        for item_id in banned:
+            r = self.row_of.get(item_id)
+            if r is not None:
+                scores[r] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(str(self.ids[r]), float(scores[r])) for r in top.tolist() if np.isfinite(scores[r])]
+
+    def filter_rows(
+        self, raw: Mapping[str, Any] | None, served: ServedVersion, max_values: int
+    ) -> np.ndarray | None:
+        if raw is None or self.size == 0:
+            return None
+        return filter_mask(raw, served.manifest.features.item, self.attributes, max_values=max_values)
+
+
+EMPTY = DeltaView()
+
+
+def search_merged(
+    snap: Snapshot,
+    view: DeltaView,
+    query: np.ndarray,
+    k: int,
+    banned: Collection[str],
+    allowed: np.ndarray | None,
+    delta_allowed: np.ndarray | None,
+    exact_below: float,
+) -> list[tuple[str, float]]:
+    """Top-k over the snapshot (minus every id the delta holds) and the delta's upserted rows."""
+    hidden = set(banned) | view.shadow if view.shadow else banned
+    found = snap.search(query, k, [hidden], allowed, exact_below)[0]
+    if view.size == 0:
+        return found
+    merged = found + view.search(query, k, banned, delta_allowed)
+    merged.sort(key=lambda x: -x[1])
+    return merged[:k]
+
+
+@dataclass
+class _Entry:
+    seq: int
+    vector: np.ndarray | None  # None: a delete
+    row: dict[str, Any] | None
+
+
+@dataclass
+class _Version:
+    floor: int
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    view: DeltaView = EMPTY
+
+
+class CatalogDelta:
+    """The pending changes of every served version on this replica."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.cursor = 0  # the last sequence number read from the log by the poll
+        self._latest: dict[str, dict[str, Any]] = {}  # item id -> its newest change (for new versions)
+        self._versions: dict[str, _Version] = {}
+        self._lock = threading.Lock()
+
+    def view(self, tag: str) -> DeltaView:
+        state = self._versions.get(tag)
+        return state.view if state is not None else EMPTY
+
+    def pending(self, tag: str) -> int:
+        state = self._versions.get(tag)
+        return len(state.entries) if state is not None else 0
+
+    async def poll(
+        self, store: FeatureStore, versions: Mapping[str, ServedVersion], floors: Mapping[str, int]
+    ) -> None:
+        """Read the log from the cursor and apply what is new (in a thread: it runs item towers)."""
+        import anyio
+
+        changes = await store.changes_since(self.cursor)
+        await anyio.to_thread.run_sync(self.apply, changes, versions, floors)
+        if changes:
+            self.cursor = max(self.cursor, max(int(c["seq"]) for c in changes))
+
+    def apply(
+        self, changes: list[dict[str, Any]], versions: Mapping[str, ServedVersion], floors: Mapping[str, int]
+    ) -> None:
+        """Apply `changes` (any order, repeats ignored) to every version, after dropping what each
+        version's serving build already holds (`floors`: tag -> its build's `changes_seq`)."""
+        with self._lock:
+            for c in sorted(changes, key=lambda c: int(c["seq"])):
+                old = self._latest.get(c["item_id"])
+                if old is None or int(old["seq"]) < int(c["seq"]):
+                    self._latest[c["item_id"]] = c
+            for tag, served in versions.items():
+                state = self._versions.get(tag)
+                todo = changes
+                if state is None:  # a version seen for the first time: every change it lacks
+                    state = self._versions[tag] = _Version(floors.get(tag, 0))
+                    todo = list(self._latest.values())
+                changed = self._drop_through(state, floors.get(tag, 0))
+                changed |= self._apply_one(tag, served, state, todo)
+                if changed:
+                    state.view = _view(state, served)
+                self.metrics.delta_items.labels(tag).set(len(state.entries))
+
+    def _drop_through(self, state: _Version, floor: int) -> bool:
+        if floor <= state.floor:
+            return False
+        state.floor = floor
+        before = len(state.entries)
+        state.entries = {i: e for i, e in state.entries.items() if e.seq > floor}
+        return len(state.entries) != before
+
+    def _apply_one(
+        self, tag: str, served: ServedVersion, state: _Version, changes: list[dict[str, Any]]
+    ) -> bool:
+        fresh = []
+        for c in changes:
+            seq = int(c["seq"])
+            entry = state.entries.get(c["item_id"])
+            if seq > state.floor and (entry is None or entry.seq < seq):
+                fresh.append(c)
+        latest: dict[str, dict[str, Any]] = {}
+        for c in fresh:  # only the newest change of an id in this batch counts
+            if c["item_id"] not in latest or int(latest[c["item_id"]]["seq"]) < int(c["seq"]):
+                latest[c["item_id"]] = c
+        rows: list[dict[str, Any]] = []
+        upserts: list[dict[str, Any]] = []
+        for c in latest.values():
+            if c["op"] == "delete":
+                state.entries[c["item_id"]] = _Entry(int(c["seq"]), None, None)
+                continue
+            try:
+                valid = served.item.encoder.validate(c.get("features") or {}, "features")
+            except FeatureError as exc:  # checked against every version served when it was taken
+                log.warning("upsert of %s not applied to %s: %s", c["item_id"], tag, exc)
+                continue
+            rows.append({**valid, served.item.encoder.tower.id_field: c["item_id"]})
+            upserts.append(c)
+        if rows:
+            vectors = served.item.embed(rows)
+            for c, row, vec in zip(upserts, rows, vectors, strict=True):
+                state.entries[c["item_id"]] = _Entry(int(c["seq"]), np.asarray(vec, dtype=np.float32), row)
+        return bool(latest)
+
+
+def _view(state: _Version, served: ServedVersion) -> DeltaView:
+    kept = [(i, e) for i, e in state.entries.items() if e.vector is not None and e.row is not None]
+    if not kept:
+        return DeltaView(shadow=frozenset(state.entries))
+    collector = AttributeCollector(served.manifest.features.item)  # the build's own column code
+    for _ in collector.watch([e.row for _, e in kept if e.row is not None]):
+        pass
+    return DeltaView(
+        shadow=frozenset(state.entries),
+        ids=np.array([i for i, _ in kept], dtype=str),
+        vectors=np.stack([e.vector for _, e in kept if e.vector is not None]).astype(np.float32),
+        attributes=collector.finish(),
+        row_of={i: r for r, (i, _) in enumerate(kept)},
+    )

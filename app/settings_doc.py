@@ -26,6 +26,8 @@ DESCRIPTIONS = {
     "POLL_INTERVAL_S": "how often a replica looks for new builds and aliases",
     "MODEL_POLL_S": "how often a replica looks for new versions in the model store (loaded, then "
     "built once, without a restart); 0 = only at start",
+    "CHANGES_POLL_S": "how often a replica reads the catalog change log (`PUT`/`DELETE /admin/items` taken "
+    "by other replicas)",
     "REPLICA_TTL_S": "a replica's record of what it serves expires this long after its last poll (at least "
     "3 polls); alias moves wait only for live replicas",
     "LOCK_TTL_S": "expiry of a version's build lock (renewed every third of it)",
@@ -39,6 +41,7 @@ DESCRIPTIONS = {
     "LIMITS__MAX_BODY_BYTES": "largest request body (413 beyond, before parsing)",
     "LIMITS__MAX_ID_LENGTH": "longest id a client sends: `user_id`, `items[].item_id`, `exclude_item_ids`, "
     "history entries",
+    "LIMITS__MAX_UPSERT_ITEMS": "most items in one `PUT /admin/items` (422 beyond, nothing applied)",
     "INDEX__EXACT_THRESHOLD": "catalogs up to this size get an exact inner-product index, larger ones ANN",
     "INDEX__ANN_FACTORY": "Faiss factory string of the ANN kind; unset = IVF sized from the catalog",
     "INDEX__RECALL_FLOOR": "an ANN build must reach this recall@k against exact search, or is refused",

@@ -1,0 +1,130 @@
+"""Catalog changes across replicas, real processes: two `twotower serve` replicas on one real
+redis-server. An item upserted on one is recalled on the other, a deleted one is never returned again
+by either, and an upsert taken while a reindex runs survives the swap to the build it started."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from app.state.load import load_into_redis
+from tests.conftest import RedisServer
+from tests.reliability.procs import ADMIN, Server, deadline_loop
+
+pytestmark = pytest.mark.slow
+USER = "1"
+
+
+def catalog(data_dir: Path) -> dict[str, dict[str, Any]]:
+    rows = [json.loads(line) for line in (data_dir / "items.jsonl").read_text().splitlines()]
+    return {str(r["item_id"]): r for r in rows}
+
+
+def recalled(server: Server, k: int = 1000) -> list[str]:
+    r = server.post("/recall", json={"user_id": USER, "k": k, "exclude_history": False})
+    assert r.status_code == 200, r.text
+    return [it["item_id"] for it in r.json()["items"]]
+
+
+def upsert(server: Server, item_id: str, row: dict[str, Any]) -> None:
+    feats = {k: v for k, v in row.items() if k != "item_id"}
+    r = server.put("/admin/items", headers=ADMIN, json={"items": [{"item_id": item_id, "features": feats}]})
+    assert r.status_code == 202, r.text
+
+
+def delete(server: Server, item_id: str) -> None:
+    r = httpx_delete(server, f"/admin/items/{item_id}")
+    assert r == 202
+
+
+def httpx_delete(server: Server, path: str) -> int:
+    import httpx
+
+    return httpx.delete(f"{server.url}{path}", headers=ADMIN, timeout=10).status_code
+
+
+def seen_within(server: Server, item_id: str, present: bool, timeout: float = 10) -> float:
+    """Seconds until `item_id` is (or is no longer) recalled on `server`."""
+    t = time.monotonic()
+    for _ in deadline_loop(timeout, f"{item_id} {'in' if present else 'out of'} {server.url}'s recall"):
+        if (item_id in recalled(server)) == present:
+            break
+    return time.monotonic() - t
+
+
+@pytest.fixture
+def replicas(
+    spawn: Callable[..., Any], base_env: dict[str, str], own_redis: RedisServer, rel_data: Path, version: str
+) -> Iterator[list[Server]]:
+    """Two replicas on one Redis; the first runs the reindex worker (encoding one item a batch, so
+    that a build runs long enough for changes to arrive during it)."""
+    own_redis.start()
+    load_into_redis(own_redis.url, rel_data)
+    rc = redis.Redis.from_url(own_redis.url)
+    rc.hset("tt:aliases", "default", version)
+    rc.close()
+    env = {**base_env, "TWOTOWER_REDIS_URL": own_redis.url, "TWOTOWER_INDEX__BATCH_SIZE": "1"}
+    servers = [spawn("serve", env, f"api{i}", worker=i == 0) for i in range(2)]
+    for s in servers:
+        s.wait_ready()
+    yield servers
+
+
+def test_upsert_and_delete_reach_every_replica(replicas: list[Server], rel_data: Path) -> None:
+    a, b = replicas
+    items = catalog(rel_data)
+    row = next(iter(items.values()))
+    upsert(a, "fresh-1", row)
+    assert "fresh-1" in recalled(a)  # on the replica that took it: at once
+    took = seen_within(b, "fresh-1", present=True)
+    print(f"upsert on A recalled on B after {took:.2f} s")
+    gone = recalled(a, k=1)[0]
+    delete(a, gone)
+    assert gone not in recalled(a)  # hidden at once on the replica that took it
+    took = seen_within(b, gone, present=False)
+    print(f"delete on A hidden on B after {took:.2f} s")
+    delete(b, "fresh-1")
+    assert "fresh-1" not in recalled(b)
+    seen_within(a, "fresh-1", present=False)
+    for _ in range(5):  # and never again, on either, poll after poll
+        for s in replicas:
+            got = recalled(s)
+            assert gone not in got and "fresh-1" not in got and len(got) == len(items) - 1
+        time.sleep(0.3)
+
+
+def test_upsert_during_a_reindex_survives_the_swap(
+    replicas: list[Server], rel_data: Path, index_root: Path, version: str
+) -> None:
+    a, b = replicas
+    items = catalog(rel_data)
+    old = a.build()
+    upsert(a, "before-build", next(iter(items.values())))
+    job = a.post("/admin/reindex", headers=ADMIN, json={}).json()["job_id"]
+    for _ in deadline_loop(60, "the build to start encoding", step=0.02):
+        if a.get(f"/admin/reindex/{job}", headers=ADMIN).json().get("items"):
+            break
+    # The build has read the change log and is encoding: these two arrive during it.
+    upsert(b, "during-build", next(iter(items.values())))
+    gone = recalled(b, k=1)[0]
+    delete(b, gone)
+    assert a.wait_job(job, timeout=120)["status"] == "succeeded"
+    build = a.get(f"/admin/reindex/{job}", headers=ADMIN).json()["index_build"]
+    assert build != old
+    for s in replicas:
+        s.wait_build(build)
+    manifest = json.loads((index_root / version / build / "manifest.json").read_text())
+    assert manifest["changes_seq"] == 1  # folded the first upsert; the other two came later
+    assert manifest["item_count"] == len(items) + 1
+    for s in replicas:
+        got = recalled(s)
+        assert "before-build" in got and "during-build" in got and gone not in got, s.url
+        assert len(got) == len(items) + 1
+        metrics = s.get("/metrics").text
+        assert f'twotower_delta_items{{version="{version}"}} 2.0' in metrics

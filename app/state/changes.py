@@ -33,14 +33,13 @@ from models.errors import StoreUnavailable
 CHANGES_FILE = "changes.jsonl"
 Change = dict[str, Any]
 
-# KEYS: the sorted set, the counter. ARGV: one JSON change (without seq) each. Returns the first seq.
+# KEYS: the sorted set, the counter. ARGV: one JSON object (a change without seq) each. Returns the
+# first seq. The seq is spliced in as text: a cjson round trip would turn [] into {} and round floats.
 _APPEND = """
 local first = redis.call('INCRBY', KEYS[2], #ARGV) - #ARGV + 1
 for i, raw in ipairs(ARGV) do
   local seq = first + i - 1
-  local change = cjson.decode(raw)
-  change['seq'] = seq
-  redis.call('ZADD', KEYS[1], seq, cjson.encode(change))
+  redis.call('ZADD', KEYS[1], seq, '{"seq": ' .. seq .. ', ' .. string.sub(raw, 2))
 end
 return first
 """
@@ -57,33 +56,52 @@ class FileChangeLog:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
         self._mutex = threading.Lock()  # flock is per open file: one holder per process at a time
+        # Where the complete lines read so far end, and the last seq among them: a poll reads on
+        # from there instead of the whole file (the file only ever grows).
+        self._tail = (0, 0)
 
     def append(self, changes: list[Change]) -> list[Change]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._mutex, file_lock(self.lock_path):
-            done = self.read_since(0)
-            first = (done[-1]["seq"] if done else 0) + 1
+            done = self.read_since(self._tail[1])
+            first = (done[-1]["seq"] if done else self._tail[1]) + 1
             stamped = _stamped(changes, first)
             data = "".join(json.dumps(c, sort_keys=True) + "\n" for c in stamped).encode()
             with open(self.path, "ab") as f:
+                if f.tell() > 0 and not self._ends_with_newline():
+                    data = b"\n" + data  # after a line torn by a crash: never glue onto it
                 f.write(data)  # one write of all lines: a crash tears at most the last line
                 f.flush()
                 os.fsync(f.fileno())
         return stamped
 
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
     def read_since(self, seq: int) -> list[Change]:
+        offset, last = self._tail
+        start = offset if seq >= last else 0
         try:
-            lines = self.path.read_bytes().splitlines()
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                data = f.read()
         except FileNotFoundError:
             return []
+        end = data.rfind(b"\n") + 1  # a last line without its newline is still being written
         out = []
-        for line in lines:
+        for line in data[:end].splitlines():
             try:
                 change = json.loads(line)
             except ValueError:
                 continue  # a line torn by a crash mid-append: it was never acknowledged
-            if isinstance(change, dict) and isinstance(change.get("seq"), int) and change["seq"] > seq:
-                out.append(change)
+            if isinstance(change, dict) and isinstance(change.get("seq"), int):
+                last = max(last, change["seq"]) if start == offset else last
+                if change["seq"] > seq:
+                    out.append(change)
+        if start == offset and start + end > offset:
+            self._tail = (start + end, last)
         return out
 
 

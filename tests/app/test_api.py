@@ -230,6 +230,8 @@ def test_admin_auth(
             ("POST", "/admin/reindex"),
             ("PUT", "/admin/aliases/x"),
             ("GET", "/admin/reindex/abc"),
+            ("PUT", "/admin/items"),
+            ("DELETE", "/admin/items/x"),
         ):
             r = client.request(method, path, headers=headers, json={"model_version": "x"})
             assert r.status_code == 401, (headers, path, r.status_code)
@@ -239,6 +241,7 @@ def test_admin_auth(
     with TestClient(create_app(disabled)) as c:
         assert c.get("/admin/versions", headers=admin).status_code == 403
         assert c.post("/admin/reindex", headers=admin).status_code == 403
+        assert c.delete("/admin/items/x", headers=admin).status_code == 403
 
 
 def test_versions_and_aliases(client: TestClient, admin: dict[str, str], version: str) -> None:

@@ -93,7 +93,7 @@ def test_schemathesis_on_the_live_schema(
     assert TOKEN not in api.text()
 
     report(
-        "schemathesis against the live OpenAPI schema of a running server (all 11 operations, admin "
+        "schemathesis against the live OpenAPI schema of a running server (all 13 operations, admin "
         "with the token; coverage + fuzzing phases, up to 60 examples per operation, positive and negative; "
         "hooks mix hostile /recall and /score bodies in: huge integers, lone surrogates in feature names, "
         "values and ids, deep lists, ids past max_id_length)",

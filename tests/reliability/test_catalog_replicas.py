@@ -84,7 +84,7 @@ def test_upsert_and_delete_reach_every_replica(replicas: list[Server], rel_data:
     assert "fresh-1" in recalled(a)  # on the replica that took it: at once
     took = seen_within(b, "fresh-1", present=True)
     print(f"upsert on A recalled on B after {took:.2f} s")
-    gone = recalled(a, k=1)[0]
+    gone = next(i for i in recalled(a) if i in items)  # the top built item (not an upserted one)
     delete(a, gone)
     assert gone not in recalled(a)  # hidden at once on the replica that took it
     took = seen_within(b, gone, present=False)
@@ -99,32 +99,53 @@ def test_upsert_and_delete_reach_every_replica(replicas: list[Server], rel_data:
         time.sleep(0.3)
 
 
+def scored(server: Server, ids: list[str]) -> list[float | None]:
+    r = server.post("/score", json={"user_id": USER, "items": [{"item_id": i} for i in ids]})
+    assert r.status_code == 200, r.text
+    return [s["score"] for s in r.json()["scores"]]
+
+
+EXTRA = 20_000  # catalog rows added for the rebuild: one item a batch makes it run for seconds
+
+
 def test_upsert_during_a_reindex_survives_the_swap(
-    replicas: list[Server], rel_data: Path, index_root: Path, version: str
+    replicas: list[Server], rel_data: Path, index_root: Path, version: str, own_redis: RedisServer
 ) -> None:
     a, b = replicas
     items = catalog(rel_data)
+    first = next(iter(items.values()))
+    rc = redis.Redis.from_url(own_redis.url)
+    rc.hset("tt:items", mapping={f"x{i}": json.dumps({**first, "item_id": f"x{i}"}) for i in range(EXTRA)})
+    rc.close()
     old = a.build()
-    upsert(a, "before-build", next(iter(items.values())))
+    upsert(a, "before-build", first)
     job = a.post("/admin/reindex", headers=ADMIN, json={}).json()["job_id"]
     for _ in deadline_loop(60, "the build to start encoding", step=0.02):
         if a.get(f"/admin/reindex/{job}", headers=ADMIN).json().get("items"):
             break
     # The build has read the change log and is encoding: these two arrive during it.
-    upsert(b, "during-build", next(iter(items.values())))
-    gone = recalled(b, k=1)[0]
+    upsert(b, "during-build", first)
+    gone = next(i for i in recalled(b) if i in items)  # the top built item (not an upserted one)
     delete(b, gone)
-    assert a.wait_job(job, timeout=120)["status"] == "succeeded"
+    # Both replicas read them from the log before the swap (A at its poll; B's poll reads what it
+    # took itself): nothing but the swap's own bookkeeping can lose them now.
+    for _ in deadline_loop(30, "A to read the late changes", step=0.05):
+        if scored(a, ["during-build", gone]) == [scored(b, ["during-build"])[0], None]:
+            break
+    time.sleep(1.5)  # three of B's polls
+    assert a.get(f"/admin/reindex/{job}", headers=ADMIN).json()["status"] == "running"
+    assert a.wait_job(job, timeout=300)["status"] == "succeeded"
     build = a.get(f"/admin/reindex/{job}", headers=ADMIN).json()["index_build"]
     assert build != old
     for s in replicas:
         s.wait_build(build)
     manifest = json.loads((index_root / version / build / "manifest.json").read_text())
     assert manifest["changes_seq"] == 1  # folded the first upsert; the other two came later
-    assert manifest["item_count"] == len(items) + 1
+    assert manifest["item_count"] == len(items) + EXTRA + 1
+    pending = f'twotower_delta_items{{version="{version}"}} 2.0'
     for s in replicas:
-        got = recalled(s)
-        assert "before-build" in got and "during-build" in got and gone not in got, s.url
-        assert len(got) == len(items) + 1
-        metrics = s.get("/metrics").text
-        assert f'twotower_delta_items{{version="{version}"}} 2.0' in metrics
+        assert s.build() == build
+        before, during, deleted = scored(s, ["before-build", "during-build", gone])
+        assert before is not None and during is not None and deleted is None, s.url
+        assert gone not in recalled(s)
+        assert pending in s.get("/metrics").text, s.url

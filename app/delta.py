@@ -51,10 +51,20 @@ class DeltaView:
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     attributes: Attributes = field(default_factory=lambda: Attributes(0))
     row_of: Mapping[str, int] = field(default_factory=dict)
+    _in_build: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
         return int(self.ids.shape[0])
+
+    def hidden_in(self, snap: Snapshot) -> frozenset[str]:
+        """The pending ids that `snap` holds: only those need hiding (each one hidden widens the
+        search by one). New items, most upserts, are not among them. Once per view and build."""
+        found = self._in_build.get(snap.build_id)
+        if found is None:
+            found = frozenset(i for i in self.shadow if i in snap.row_of)
+            self._in_build[snap.build_id] = found
+        return found
 
     def deleted(self, item_id: str) -> bool:
         return item_id in self.shadow and item_id not in self.row_of
@@ -97,7 +107,8 @@ def search_merged(
     exact_below: float,
 ) -> list[tuple[str, float]]:
     """Top-k over the snapshot (minus every id the delta holds) and the delta's upserted rows."""
-    hidden = set(banned) | view.shadow if view.shadow else banned
+    in_build = view.hidden_in(snap) if view.shadow else frozenset()
+    hidden = set(banned) | in_build if in_build else banned
     found = snap.search(query, k, [hidden], allowed, exact_below)[0]
     if view.size == 0:
         return found

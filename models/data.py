@@ -125,13 +125,16 @@ def iter_rows(
     path: Path,
     columns: Mapping[str, tuple[Column, FieldSpec | None]] | None = None,
     text: Collection[str] = (),
+    keep_others: bool = False,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Stream (location, row) from one file. With `columns`, rows hold exactly those columns,
     converted (None = missing); a column the file lacks is an error unless its field has a
-    default. Without, rows hold every column as read (CSV cells inferred, except `text` columns)."""
+    default. Without, rows hold every column as read (CSV cells inferred, except `text` columns).
+    `keep_others`: with `columns`, rows also hold every other column as read (a feature store
+    serves versions whose schemas read different columns of the same file)."""
     suffix = path.suffix
     if suffix == ".parquet":
-        raw = _parquet(path, list(columns) if columns else None)
+        raw = _parquet(path, list(columns) if columns and not keep_others else None)
     elif suffix == ".csv":
         raw = _csv(path)
     elif suffix == ".jsonl":
@@ -149,6 +152,10 @@ def iter_rows(
             yield where, {k: v if k in text else _infer(v) for k, v in row.items()} if is_csv else row
             continue
         out: dict[str, Any] = {}
+        if keep_others:
+            out = {
+                k: _infer(v) if is_csv and k not in text else v for k, v in row.items() if k not in columns
+            }
         for col, (ctype, spec) in columns.items():
             if col in row:
                 seen.add(col)
@@ -329,11 +336,17 @@ def _timestamp(value: Any, where: str, col: str) -> float:
 # --------------------------------------------------------------------------- tables
 
 
-def read_table(path: Path, tower: TowerSchema | None, id_column: str) -> dict[str, dict[str, Any]]:
+def read_table(
+    path: Path, tower: TowerSchema | None, id_column: str, keep_others: bool = False
+) -> dict[str, dict[str, Any]]:
     """{id: row} of a users or items file; a missing or duplicate id names the row."""
     out: dict[str, dict[str, Any]] = {}
-    columns = columns_of(tower) if tower is not None else None
-    for where, row in iter_rows(path, columns, text=(id_column,)):
+    columns: dict[str, tuple[Column, FieldSpec | None]] = (
+        columns_of(tower) if tower is not None else {id_column: ("id", None)}
+    )
+    # Without a tower only the id column is checked (and converted): every column is kept.
+    keep_others = keep_others or tower is None
+    for where, row in iter_rows(path, columns, text=(id_column,), keep_others=keep_others):
         rid = row.get(id_column)
         if isinstance(rid, int) and not isinstance(rid, bool):
             rid = row[id_column] = str(rid)
@@ -393,12 +406,19 @@ def load_dataset(data_dir: Path, schema: HasTowers) -> Dataset:
 
 
 def user_rows(
-    data_dir: Path, layout: DataLayout | None = None, schema: HasTowers | None = None
+    data_dir: Path,
+    layout: DataLayout | None = None,
+    schema: HasTowers | None = None,
+    keep_others: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """What a feature store keeps per user: {user_id: features, with every history key holding the
-    user's items in time order}. The id is the key, not a feature."""
+    user's items in time order}. The id is the key, not a feature. With a schema, its layout names
+    the tables and columns and its user fields are checked and converted; `keep_others` keeps the
+    columns it does not read as well."""
     layout = schema.layout if schema is not None else (layout or DataLayout())
-    users = read_table(table_path(data_dir, layout.users), schema.user if schema else None, layout.user_id)
+    users = read_table(
+        table_path(data_dir, layout.users), schema.user if schema else None, layout.user_id, keep_others
+    )
     events = read_interactions(table_path(data_dir, layout.interactions), layout)
     for row in users.values():
         row.pop(layout.user_id, None)
@@ -414,13 +434,20 @@ def user_rows(
 
 
 def catalog_rows(
-    data_dir: Path, layout: DataLayout | None = None, schema: HasTowers | None = None
+    data_dir: Path,
+    layout: DataLayout | None = None,
+    schema: HasTowers | None = None,
+    keep_others: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Stream the items table (id included, as a string): the catalog an index build encodes."""
+    """Stream the items table (id included, as a string): the catalog an index build encodes.
+    With a schema, as `user_rows`."""
     layout = schema.layout if schema is not None else (layout or DataLayout())
     path = table_path(data_dir, layout.items)
-    columns = columns_of(schema.item) if schema is not None else None
-    for where, row in iter_rows(path, columns, text=(layout.item_id,)):
+    columns: dict[str, tuple[Column, FieldSpec | None]] = (
+        columns_of(schema.item) if schema is not None else {layout.item_id: ("id", None)}
+    )
+    keep_others = keep_others or schema is None
+    for where, row in iter_rows(path, columns, text=(layout.item_id,), keep_others=keep_others):
         rid = row.get(layout.item_id)
         if isinstance(rid, int) and not isinstance(rid, bool):
             row[layout.item_id] = str(rid)

@@ -17,6 +17,7 @@ from typing import Any
 
 from app.reindex import child
 from app.settings import Settings
+from models.data import HasTowers
 from models.errors import BuildRefused, TwoTowerError
 
 log = logging.getLogger("twotower")
@@ -39,7 +40,9 @@ def index_config(settings: Settings) -> Any:
     return dataclasses.replace(config, ann_factory=s.ann_factory) if s.ann_factory else config
 
 
-def catalog(settings: Settings) -> Iterator[dict[str, Any]]:
+def catalog(settings: Settings, schema: HasTowers) -> Iterator[dict[str, Any]]:
+    """The catalog a build of one version encodes: Redis's (as `twotower load` wrote it), else the
+    items table of the data files, read with that version's schema (its names, its columns)."""
     from app.catalog import iter_catalog_file
     from app.state import RedisStore
 
@@ -47,7 +50,7 @@ def catalog(settings: Settings) -> Iterator[dict[str, Any]]:
         return RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix).iter_catalog()
     if settings.data_dir is None:
         raise TwoTowerError("no catalog: set TWOTOWER_DATA_DIR or TWOTOWER_REDIS_URL")
-    return iter_catalog_file(Path(settings.data_dir))
+    return iter_catalog_file(Path(settings.data_dir), schema, keep_others=False)
 
 
 def reindex(
@@ -60,7 +63,7 @@ def reindex(
     allow_shrink: bool = False,
 ) -> int:
     """Build, verify and publish; returns the process exit code."""
-    from app.catalog import sample_users
+    from app.catalog import sample_users, version_schema
     from app.state import RedisStore
     from app.state.locks import SyncLock, file_lock
     from index_store.store import IndexStore
@@ -85,6 +88,7 @@ def reindex(
         if if_missing and store.current_build(version) is not None:
             print(f"{version}: build {store.current_build(version)} is current; nothing to do")
             continue
+        schema = version_schema(settings, version)  # the names this version's data files use
 
         def progress(n: int, version: str = version) -> None:
             if json_progress:
@@ -125,12 +129,12 @@ def reindex(
             published = store.build(
                 Path(settings.model_store),
                 version,
-                catalog(settings),
+                catalog(settings, schema),
                 index_config(settings),
                 fence=fence,
                 build_id=build_id,
                 progress=progress,
-                users=sample_users(settings, index_config(settings).sample_queries),
+                users=sample_users(settings, index_config(settings).sample_queries, schema),
                 allow_shrink=allow_shrink,
             )
         if json_progress:

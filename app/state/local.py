@@ -11,11 +11,11 @@ from typing import Any
 
 import anyio
 
-from app.catalog import iter_catalog_file, read_users
+from app.catalog import describe, iter_catalog_file, read_users
 from app.state.aliases import AliasFile
 from app.state.base import FeatureStore
 from app.state.locks import MemoryLocks
-from models.data import has_table
+from models.data import HasTowers, has_table
 from models.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ class LocalStore(FeatureStore):
 
     kind = "local"
 
-    def __init__(self, data_dir: Path | None, alias_file: Path) -> None:
+    def __init__(self, data_dir: Path | None, alias_file: Path, schema: HasTowers | None = None) -> None:
         self.data_dir = data_dir
+        # Whose names the data files use (app.catalog.data_schema); None: the default layout.
+        self.schema = schema
         self.alias_file = alias_file
         self._alias_record = AliasFile(alias_file)
         self.users: dict[str, dict[str, Any]] = {}
@@ -40,8 +42,10 @@ class LocalStore(FeatureStore):
         self._locks = MemoryLocks()
 
     def load(self) -> LocalStore:
-        if self.data_dir is not None and has_table(self.data_dir, DataLayout().users):
-            self.users = read_users(self.data_dir)
+        layout = self.schema.layout if self.schema is not None else DataLayout()
+        if self.data_dir is not None and has_table(self.data_dir, layout.users):
+            self.users = read_users(self.data_dir, self.schema)
+            log.info("%d users from %s: %s", len(self.users), self.data_dir, describe(layout))
         elif self.data_dir is not None:
             log.warning("no data files in %s: every user is served cold", self.data_dir)
         self._aliases = self._alias_record.read() or {}
@@ -155,4 +159,4 @@ class LocalStore(FeatureStore):
     def iter_catalog(self) -> Iterator[dict[str, Any]]:
         if self.data_dir is None:
             return iter(())
-        return iter_catalog_file(self.data_dir)
+        return iter_catalog_file(self.data_dir, self.schema)

@@ -10,8 +10,9 @@ by the kind of the field that reads them, so the three formats give the same row
   cell such a list is JSON (`["Comedy", "Drama"]`, `[0.1, 0.2]`);
 - an empty CSV cell, a JSON `null` and a Parquet null are a missing value.
 
-Without a schema (the service's in-process store when it is given only a data directory), CSV
-cells that parse as JSON numbers or lists are read as such and everything else stays text.
+Without a schema (no model version to take the names from), and for the columns a schema does not
+read when a feature store keeps them (`keep_others`), CSV cells that parse as JSON numbers or
+lists are read as such and everything else stays text.
 Every error is a DataError naming the file, the row and the column.
 """
 

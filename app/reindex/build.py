@@ -18,7 +18,7 @@ from typing import Any
 from app.reindex import child
 from app.settings import Settings
 from models.data import HasTowers
-from models.errors import BuildRefused, TwoTowerError
+from models.errors import BuildRefused, DataError, TwoTowerError
 
 log = logging.getLogger("twotower")
 BUILD_LOCK = ".build.lock"
@@ -47,10 +47,23 @@ def catalog(settings: Settings, schema: HasTowers) -> Iterator[dict[str, Any]]:
     from app.state import RedisStore
 
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix).iter_catalog()
+        rows = RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix).iter_catalog()
+        return _named(rows, schema.layout.item_id)
     if settings.data_dir is None:
         raise TwoTowerError("no catalog: set TWOTOWER_DATA_DIR or TWOTOWER_REDIS_URL")
     return iter_catalog_file(Path(settings.data_dir), schema, keep_others=False)
+
+
+def _named(rows: Iterator[dict[str, Any]], id_column: str) -> Iterator[dict[str, Any]]:
+    """Redis's catalog holds rows under the names `twotower load` read them with: a version whose
+    item id column is another one cannot use it, and the message says what to do."""
+    for n, row in enumerate(rows):
+        if n == 0 and id_column not in row:
+            raise DataError(
+                f"the catalog in Redis has no column {id_column!r} (this version's item id; its rows "
+                f"have {sorted(row)}): load the data with `twotower load --model-version` this version"
+            )
+        yield row
 
 
 def reindex(

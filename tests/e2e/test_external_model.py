@@ -594,6 +594,14 @@ def test_own_names_load_into_redis(
         "TWOTOWER_INDEX_STORE": str(index),
         "TWOTOWER_REDIS_URL": redis_url,
     }
+    # The default-named files loaded with the default-named schema: a build of the own-names
+    # version cannot use that catalog, and says so.
+    out = cli("load", "--data", str(work / "data"), "--schema", str(work / "schema.toml"), env=env)
+    assert out.returncode == 0 and "(schema " in out.stdout, out.stderr
+    out = cli("reindex", "--model-version", "own-dot", env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "the catalog in Redis has no column 'sku'" in out.stderr, out.stderr
+    # The own-names files, read with the served version's names (no option needed).
     out = cli("load", "--data", str(data), env=env)
     assert out.returncode == 0, out.stderr
     assert "loaded 12 users and 150 items" in out.stdout and "served model versions" in out.stdout
@@ -646,7 +654,8 @@ def test_own_names_missing_column(
         "TWOTOWER_DATA_DIR": str(data),
     }
     if command == "load":
-        out = cli("load", "--data", str(data), env={**env, "TWOTOWER_REDIS_URL": redis_url})
+        which = ["--model-version", "own-dot"] if table == "orders" else []  # named, or the served one
+        out = cli("load", "--data", str(data), *which, env={**env, "TWOTOWER_REDIS_URL": redis_url})
     else:
         out = cli("reindex", "--model-version", "own-dot", env=env)
     assert out.returncode == 2, out.stdout

@@ -43,13 +43,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(service.load_versions)
     await service.refresh_aliases()
     await service.sync_builds()
+    await service.heartbeat()
     app.state.service = service
 
     async def poll() -> None:
         await service.refresh_aliases()
         await service.sync_builds()
+        await service.heartbeat()
 
     tasks = [asyncio.create_task(_every(settings.poll_interval_s, poll))]
+    if settings.model_poll_s > 0:
+
+        async def discover() -> None:
+            """New versions in the model store: loaded here, their index queued (built once)."""
+            await service.queue_missing_builds(await service.discover_versions())
+
+        tasks.append(asyncio.create_task(_every(settings.model_poll_s, discover)))
     worker: Worker | None = None
     if settings.worker:
 
@@ -73,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await service.leave()
         await store.close()
 
 

@@ -30,6 +30,12 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self.load_retries = Counter(
+            "twotower_index_load_retries",
+            "Build loads that failed with an I/O error and are retried with backoff",
+            ["version"],
+            registry=r,
+        )
         self.items = Gauge("twotower_index_items", "Items in the serving index", ["version"], registry=r)
         self.build_progress = Gauge(
             "twotower_build_items_encoded", "Items encoded by the running build", ["version"], registry=r

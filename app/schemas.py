@@ -122,9 +122,16 @@ class VersionInfo(BaseModel):
     metrics: dict[str, Any]
 
 
+class ReplicaInfo(BaseModel):
+    replica: str  # host:pid:nonce
+    versions: dict[str, str | None]  # version -> the build it serves (null: loaded, no index yet)
+    at: float  # unix time of its last heartbeat
+
+
 class Versions(BaseModel):
     versions: list[VersionInfo]
     aliases: dict[str, str]
+    replicas: list[ReplicaInfo] = []  # live replicas and what each serves (empty if Redis is down)
 
 
 class AliasRequest(_Strict):

@@ -3,8 +3,13 @@ request paths (recall, score) that use them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import os
+import secrets
+import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +19,7 @@ import anyio
 import numpy as np
 
 from app.metrics import Metrics
+from app.reindex.jobs import submit
 from app.settings import Settings
 from app.state import FeatureStore
 from index_store.registry import SnapshotRegistry
@@ -23,6 +29,7 @@ from models.errors import (
     BuildRefused,
     FeatureError,
     IndexNotReady,
+    ReplicasBehind,
     StoreUnavailable,
     TwoTowerError,
     UnknownVersion,
@@ -33,6 +40,9 @@ from models.runtime import TowerRunner
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_ALIAS = "default"
+# Backoff of a build whose read failed with an I/O error: 0.5 s, 1 s, 2 s, ... at most 30 s.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -51,9 +61,15 @@ class UserContext:
     cold_start: bool
     history_keys: tuple[str, ...] = ("history",)  # the schema's from_interactions sources
 
-    @property
-    def history(self) -> list[str]:
-        return [x for key in self.history_keys for x in (self.row.get(key) or []) if isinstance(x, str)]
+    def recent_history(self, n: int) -> list[str]:
+        """At most `n` history entries, the most recent first taken (each history is kept oldest
+        first); slicing first keeps a 150k-entry history from costing a pass over all of it."""
+        out: list[str] = []
+        for key in self.history_keys:
+            h = self.row.get(key)
+            if isinstance(h, list) and len(out) < n:
+                out += [x for x in h[-(n - len(out)) :] if isinstance(x, str)]
+        return out
 
 
 @dataclass(frozen=True)
@@ -83,34 +99,92 @@ class Service:
         self.index_store = IndexStore(Path(settings.index_store), keep=settings.index.keep_builds)
         self.aliases: dict[str, str] = {}
         self.draining = False
+        # Unique per process: two replicas on one host, or a restart, never share a record.
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._refused: dict[str, str] = {}  # version -> build id already refused (not retried each poll)
+        self._retry: dict[str, tuple[str, int, float]] = {}  # version -> (build, failures, next try)
+        self._loading: dict[str, asyncio.Lock] = {}  # version -> its single-flight activation
+        self._model_refused: dict[str, object] = {}  # version -> files as they were when it failed
+        self._gone: set[str] = set()  # served versions whose directory left the model store
 
     # --- start-up -------------------------------------------------------------------------------
 
     def load_versions(self) -> None:
         """ONNX sessions for every version in the model store (or the configured list)."""
+        for tag in self._wanted_versions():
+            self._try_load_version(tag)
+        if not self.versions:
+            log.error("no usable model version in %s", self.settings.model_store)
+
+    def _wanted_versions(self) -> list[str]:
+        """Complete versions in the model store (only the configured ones, if a list is set)."""
+        present = list_versions(Path(self.settings.model_store))
+        wanted = self.settings.model_versions
+        return [t for t in wanted if t in present] if wanted else present
+
+    def _try_load_version(self, tag: str) -> ServedVersion | None:
+        """Verify the manifest and every file's sha256, then load both towers; None (logged) if any
+        check fails: a version copied in file by file fails here until the copy is complete."""
         store = Path(self.settings.model_store)
-        tags = self.settings.model_versions or list_versions(store)
         rt = self.settings.runtime
+        seen = _fingerprint(store / tag)
+        try:
+            manifest = load_version(store, tag)
+            runners = [
+                TowerRunner(store / tag, manifest, side, rt.onnx_intra_threads, rt.onnx_spinning)
+                for side in ("user", "item")
+            ]
+            for r in runners:
+                r.load()
+        except Exception as exc:  # onnxruntime raises its own types for a corrupt file
+            reason = str(exc) if isinstance(exc, TwoTowerError | OSError) else f"cannot load ONNX: {exc}"
+            log.error("model version %s refused: %s", tag, reason)
+            self._model_refused[tag] = seen  # not tried again until a file in it changes
+            return None
+        served = ServedVersion(tag, manifest, runners[0], runners[1])
+        self.versions = {**self.versions, tag: served}  # copy-on-write: readers never see it half-added
+        self._model_refused.pop(tag, None)
+        log.info("model version %s loaded (dim %d)", tag, manifest.dim)
+        return served
+
+    async def discover_versions(self) -> list[str]:
+        """Load versions that appeared in the model store (train, import or a copy) since the last
+        look, without a restart; returns their tags. A build of each that has none is queued by the
+        caller (the job queue coalesces per version, so the replicas that all find it build it once)."""
+        try:
+            wanted = await anyio.to_thread.run_sync(self._wanted_versions)
+        except OSError as exc:
+            log.error(
+                "model store %s unreadable, served versions unchanged: %s", self.settings.model_store, exc
+            )
+            return []
+        gone = sorted(set(self.versions) - set(wanted) - self._gone)
+        for tag in gone:
+            log.warning("model version %s left the model store: it keeps serving from memory", tag)
+        self._gone = (self._gone | set(gone)) & set(self.versions)
+        found: list[str] = []
+        store = Path(self.settings.model_store)
+        for tag in wanted:
+            if tag in self.versions:
+                continue
+            seen = await anyio.to_thread.run_sync(_fingerprint, store / tag)
+            if self._model_refused.get(tag) == seen:
+                continue
+            if await anyio.to_thread.run_sync(self._try_load_version, tag) is not None:
+                found.append(tag)
+        return found
+
+    async def queue_missing_builds(self, tags: list[str]) -> None:
+        """A build for each of `tags` that has no index yet (coalesced with any already queued)."""
         for tag in tags:
             try:
-                manifest = load_version(store, tag)
-                runners = [
-                    TowerRunner(store / tag, manifest, side, rt.onnx_intra_threads, rt.onnx_spinning)
-                    for side in ("user", "item")
-                ]
-                for r in runners:
-                    r.load()
+                if self.index_store.current_build(tag) is not None:
+                    continue
+                job = await submit(self.store, tag)
             except (TwoTowerError, OSError) as exc:
-                log.error("model version %s refused: %s", tag, exc)
+                log.warning("no build queued for %s yet: %s", tag, exc)
                 continue
-            except Exception as exc:  # onnxruntime raises its own types for a corrupt file
-                log.error("model version %s refused: cannot load ONNX: %s", tag, exc)
-                continue
-            self.versions[tag] = ServedVersion(tag, manifest, runners[0], runners[1])
-            log.info("model version %s loaded (dim %d)", tag, manifest.dim)
-        if not self.versions:
-            log.error("no usable model version in %s", store)
+            log.info("no index for %s yet: build queued (job %s)", tag, job["job_id"])
 
     # --- versions and aliases -------------------------------------------------------------------
 
@@ -155,11 +229,60 @@ class Service:
         return snap
 
     async def move_alias(self, alias: str, version: str) -> None:
+        """Point `alias` at `version` once every live replica serves it (else those replicas would
+        answer 404 or 503 for every request through the alias): ReplicasBehind names the others."""
         served = self.resolve(version)
         if self.registry.get(served.tag) is None:
             raise IndexNotReady(served.tag)
+        behind: dict[str, str] = {}
+        for record in await self.store.replicas():
+            rid = str(record.get("replica"))
+            versions = record.get("versions")
+            if rid == self.replica_id or not isinstance(versions, dict):
+                continue
+            if served.tag not in versions:
+                behind[rid] = "version not loaded"
+            elif not versions[served.tag]:
+                behind[rid] = "no index loaded"
+        if behind:
+            raise ReplicasBehind(served.tag, behind)
         await self.store.set_alias(alias, served.tag)
         self.aliases[alias] = served.tag
+
+    async def live_replicas(self) -> list[dict[str, Any]]:
+        """Every live replica's record, sorted by id; [] when the store cannot be read."""
+        try:
+            records = await self.store.replicas()
+        except StoreUnavailable as exc:
+            log.warning("replica records unreadable: %s", exc)
+            return []
+        return sorted(records, key=lambda r: str(r.get("replica")))
+
+    def served_record(self) -> dict[str, Any]:
+        """What this replica serves: every loaded version with its build (None: no index yet)."""
+        snaps = self.registry.snapshots()
+        return {
+            "replica": self.replica_id,
+            "versions": {
+                tag: (snaps[tag].build_id if tag in snaps else None) for tag in sorted(self.versions)
+            },
+            "at": time.time(),
+        }
+
+    async def heartbeat(self) -> None:
+        """Renew this replica's record (on every poll), so alias moves can check it."""
+        ttl = max(self.settings.replica_ttl_s, 3 * self.settings.poll_interval_s)
+        try:
+            await self.store.put_replica(self.served_record(), ttl)
+        except StoreUnavailable as exc:
+            log.warning("replica record not renewed: %s", exc)
+
+    async def leave(self) -> None:
+        """Drop this replica's record on shutdown: it no longer holds alias moves back."""
+        try:
+            await self.store.drop_replica(self.replica_id)
+        except StoreUnavailable as exc:
+            log.warning("replica record not dropped (it expires by itself): %s", exc)
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
@@ -175,46 +298,93 @@ class Service:
     # --- builds ---------------------------------------------------------------------------------
 
     async def sync_builds(self) -> None:
-        """Load any build that became current in the shared index store since we last looked."""
+        """Load any build that became current in the shared index store since we last looked.
+
+        Single flight per version: the poll loop and the worker's `on_built` may ask at the same
+        moment; the second waits for the first's load and then finds the build already serving
+        (measured before: "replacing 37b57a with 37b57a" at 1M items, twice the memory in a swap).
+        """
         for tag in list(self.versions):
             try:
                 current = self.index_store.current_build(tag)
             except (TwoTowerError, OSError) as exc:
                 log.error("index pointer of %s unreadable, current build keeps serving: %s", tag, exc)
                 continue
-            snap = self.registry.get(tag)
-            if current is None or (snap is not None and snap.build_id == current):
+            if current is None:
                 continue
-            if self._refused.get(tag) == current:
-                continue
-            ok = await anyio.to_thread.run_sync(self.activate, tag, current)
-            if not ok and self.registry.get(tag) is None:
-                await anyio.to_thread.run_sync(self._fall_back, tag, current)
+            async with self._loading.setdefault(tag, asyncio.Lock()):
+                await self._sync_one(tag, current)
         await self._ensure_default()
 
-    def _fall_back(self, tag: str, refused: str) -> None:
-        """Nothing serves `tag` (at start) and its current build was refused: the last good build is
+    async def _sync_one(self, tag: str, current: str) -> None:
+        snap = self.registry.get(tag)
+        if snap is not None and snap.build_id >= current:
+            return  # serving it, or a newer one: only ever forward
+        if self._refused.get(tag) == current:
+            return
+        retry = self._retry.get(tag)
+        if retry is not None and retry[0] == current and time.monotonic() < retry[2]:
+            return
+        ok = await anyio.to_thread.run_sync(self.activate, tag, current)
+        if not ok and self.registry.get(tag) is None:
+            await anyio.to_thread.run_sync(self._fall_back, tag, current)
+
+    def _fall_back(self, tag: str, failed: str) -> None:
+        """Nothing serves `tag` (at start) and its current build failed: the last good build is
         the newest older one that passes every check, so a restart is not an outage."""
-        for build_id in reversed([b for b in self.index_store.builds(tag) if b < refused]):
+        refused = self._refused.get(tag) == failed
+        for build_id in reversed([b for b in self.index_store.builds(tag) if b < failed]):
             if self.activate(tag, build_id):
                 log.warning("%s serves its previous build %s until a good build is published", tag, build_id)
                 break
-        self._refused[tag] = refused  # retry nothing until CURRENT changes
+        if refused:
+            self._refused[tag] = failed  # retry nothing until CURRENT changes
+        # A transient failure keeps its retry schedule: the current build swaps in once it reads.
 
     def activate(self, tag: str, build_id: str) -> bool:
-        """Verify, warm and swap in one build; on any failure the previous snapshot keeps serving."""
+        """Verify, warm and swap in one build; on any failure the previous snapshot keeps serving.
+
+        A real mismatch (checksum, dim, version, a failed warm-up) is a verdict: that build is not
+        tried again. An I/O error (EIO, ESTALE on a shared volume, a timeout, memory) says nothing
+        about the build: it is retried with backoff instead of pinning the old build until the next
+        publish. Returns True only if this build is now serving.
+        """
         served = self.versions[tag]
         try:
             snap = self.index_store.load(
                 tag, served.manifest, build_id, threads=self.settings.runtime.faiss_threads
             )
             self.warm_up(served, snap)
-        except (TwoTowerError, OSError, ValueError, RuntimeError) as exc:
+        except (OSError, MemoryError) as exc:
+            failures = self._retry[tag][1] + 1 if self._retry.get(tag, ("",))[0] == build_id else 1
+            delay = min(RETRY_FIRST_S * 2 ** (failures - 1), RETRY_MAX_S)
+            self._retry[tag] = (build_id, failures, time.monotonic() + delay)
+            self.metrics.load_retries.labels(tag).inc()
+            log.warning(
+                "index build %s/%s not loaded (%s: %s), previous build keeps serving; retry %d in %.1fs",
+                tag,
+                build_id,
+                type(exc).__name__,
+                exc,
+                failures,
+                delay,
+            )
+            return False
+        except (TwoTowerError, ValueError, RuntimeError) as exc:
             self._refused[tag] = build_id
+            self._retry.pop(tag, None)
             self.metrics.refused.labels(tag).inc()
             log.error("index build %s/%s refused, previous build keeps serving: %s", tag, build_id, exc)
             return False
-        old = self.registry.swap(tag, snap)
+        if self._retry.get(tag, ("",))[0] == build_id:
+            del self._retry[tag]
+        swapped, old = self.registry.advance(tag, snap)
+        if not swapped:
+            assert old is not None
+            log.info(
+                "index %s/%s loaded after %s: older, discarded (never swap back)", tag, build_id, old.build_id
+            )
+            return False
         self.metrics.swaps.labels(tag).inc()
         self.metrics.items.labels(tag).set(snap.size)
         log.info(
@@ -260,6 +430,7 @@ class Service:
         self, served: ServedVersion, user_id: str | None, features: Mapping[str, Any] | None
     ) -> UserContext:
         sent = served.user.encoder.validate(features or {}, "features")
+        self._check_sequence_ids(served.user, sent, "features")
         stored: dict[str, Any] | None = None
         if user_id is not None:
             try:
@@ -276,6 +447,17 @@ class Service:
             self.metrics.cold_start.inc()
         return UserContext(row, cold, served.manifest.features.layout.history)
 
+    def _check_sequence_ids(self, tower: TowerRunner, sent: Mapping[str, Any], where: str) -> None:
+        """Item ids inside a sequence feature (a history) get the id length limit of every id."""
+        limit = self.settings.limits.max_id_length
+        for spec in tower.encoder.tower.fields:
+            values = sent.get(spec.source)
+            if spec.kind != "sequence" or not isinstance(values, list):
+                continue
+            for i, v in enumerate(values):
+                if isinstance(v, str) and len(v) > limit:
+                    raise FeatureError(f"{where}.{spec.source}.{i}", f"at most {limit} characters")
+
     async def recall(
         self,
         version: str | None,
@@ -288,9 +470,12 @@ class Service:
         served = self.resolve(version)
         snap = self.snapshot(served)  # one reference for the whole request
         user = await self.user_context(served, user_id, features)
+        # One exclusion budget for the explicit ids and the history together: every excluded id
+        # widens the search (measured: a 150k-id history cost 107 ms of event loop per request). The
+        # route refuses an explicit list beyond it; the history fills what is left, most recent first.
         banned = set(exclude)
         if exclude_history:
-            banned.update(user.history)
+            banned.update(user.recent_history(self.settings.limits.max_exclude - len(exclude)))
 
         def compute() -> list[tuple[str, float]]:
             q = served.user.embed([user.row])
@@ -313,6 +498,7 @@ class Service:
         for i, (item_id, feats) in enumerate(items):
             if feats is not None:
                 valid = served.item.encoder.validate(feats, f"items.{i}.features")
+                self._check_sequence_ids(served.item, valid, f"items.{i}.features")
                 with_features.append(i)
                 rows.append({**valid, served.item.encoder.tower.id_field: item_id})
         user = await self.user_context(served, user_id, features)
@@ -334,3 +520,15 @@ class Service:
 def feature_error_detail(exc: FeatureError) -> list[dict[str, Any]]:
     """FeatureError in the same shape as FastAPI's own validation errors."""
     return [{"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "feature_error"}]
+
+
+def _fingerprint(path: Path) -> object:
+    """Names, sizes and mtimes of a version directory's files: changes while a copy is running."""
+    try:
+        files = []
+        for p in sorted(path.iterdir()):
+            st = p.stat()
+            files.append((p.name, st.st_size, st.st_mtime_ns))
+        return tuple(files)
+    except OSError:
+        return None

@@ -77,7 +77,11 @@ class Settings(BaseSettings):
     reindex_interval_s: float = Field(0, ge=0)  # 0: only on POST /admin/reindex
     reindex_on_start: bool = True  # build an index for a version that has none
     poll_interval_s: float = Field(1.0, gt=0)  # how often a replica looks for new builds
+    model_poll_s: float = Field(5.0, ge=0)  # how often a replica looks for new model versions; 0: never
     lock_ttl_s: float = Field(30.0, gt=1)
+    # A replica rewrites its record (what it serves) on every poll; one not renewed this long is
+    # not live. At least three polls, so one slow poll does not drop a live replica.
+    replica_ttl_s: float = Field(10.0, gt=0)
     shutdown_drain_s: float = Field(2.0, ge=0)  # readiness is 503 this long before the listener closes
     limits: Limits = Limits()
     index: IndexSettings = IndexSettings()

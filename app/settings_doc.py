@@ -24,15 +24,21 @@ DESCRIPTIONS = {
     "REINDEX_INTERVAL_S": "periodic reindex of every served version; 0 = only on request",
     "REINDEX_ON_START": "queue a build for a version that has no index at start",
     "POLL_INTERVAL_S": "how often a replica looks for new builds and aliases",
+    "MODEL_POLL_S": "how often a replica looks for new versions in the model store (loaded, then "
+    "built once, without a restart); 0 = only at start",
+    "REPLICA_TTL_S": "a replica's record of what it serves expires this long after its last poll (at least "
+    "3 polls); alias moves wait only for live replicas",
     "LOCK_TTL_S": "expiry of a version's build lock (renewed every third of it)",
     "SHUTDOWN_DRAIN_S": "on SIGTERM, readiness answers 503 this long before the listener closes",
     "LOG_LEVEL": "log level",
     "LIMITS__MAX_K": "largest `k`",
     "LIMITS__DEFAULT_K": "`k` when omitted",
     "LIMITS__MAX_SCORE_ITEMS": "largest `/score` batch",
-    "LIMITS__MAX_EXCLUDE": "longest `exclude_item_ids`",
+    "LIMITS__MAX_EXCLUDE": "exclusion budget of one `/recall`: `exclude_item_ids` (422 beyond) plus the "
+    "most recent history entries that fit (older ones are not excluded)",
     "LIMITS__MAX_BODY_BYTES": "largest request body (413 beyond, before parsing)",
-    "LIMITS__MAX_ID_LENGTH": "longest `user_id`",
+    "LIMITS__MAX_ID_LENGTH": "longest id a client sends: `user_id`, `items[].item_id`, `exclude_item_ids`, "
+    "history entries",
     "INDEX__EXACT_THRESHOLD": "catalogs up to this size get an exact inner-product index, larger ones ANN",
     "INDEX__ANN_FACTORY": "Faiss factory string of the ANN kind; unset = IVF sized from the catalog",
     "INDEX__RECALL_FLOOR": "an ANN build must reach this recall@k against exact search, or is refused",

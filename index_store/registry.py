@@ -45,6 +45,21 @@ class SnapshotRegistry:
         )
         return previous
 
+    def advance(self, version: str, snapshot: Snapshot) -> tuple[bool, Snapshot | None]:
+        """`swap`, only forward: refused (False, current) when the current build is the same or newer.
+
+        Build ids are time-ordered, and the compare and the swap happen under the write lock, so a
+        slow load of an older build that finishes after a newer one can never be swapped back in.
+        """
+        if snapshot.model_version != version:
+            raise ValueError(f"snapshot of {snapshot.model_version!r} cannot serve version {version!r}")
+        with self._write:
+            previous = self._current.get(version)
+            if previous is not None and previous.build_id >= snapshot.build_id:
+                return False, previous
+            self._current = MappingProxyType({**self._current, version: snapshot})
+        return True, previous
+
     def remove(self, version: str) -> Snapshot | None:
         """Stop serving `version`; returns the snapshot it had."""
         with self._write:

@@ -10,6 +10,7 @@ TwoTowerError
 ├── TowerRefused          an imported ONNX tower does not fit its schema (names the file and input)
 ├── UnknownVersion        no model version or alias by that name
 ├── IndexNotReady         the version is known but has no loaded index yet
+│   └── ReplicasBehind    ... on some live replica (an alias move would 404 there)
 ├── BuildRefused          an index build failed a check and was not published
 └── StoreUnavailable      the feature store (Redis) cannot be reached
 """
@@ -58,6 +59,17 @@ class IndexNotReady(TwoTowerError):
     def __init__(self, version: str) -> None:
         super().__init__(f"model version {version!r} has no ready index yet")
         self.version = version
+
+
+class ReplicasBehind(IndexNotReady):
+    def __init__(self, version: str, behind: dict[str, str]) -> None:
+        listed = ", ".join(f"{r} ({why})" for r, why in sorted(behind.items()))
+        TwoTowerError.__init__(
+            self,
+            f"model version {version!r} is not served by every live replica yet: {listed}; retry later",
+        )
+        self.version = version
+        self.behind = behind
 
 
 class BuildRefused(TwoTowerError):

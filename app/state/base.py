@@ -93,6 +93,17 @@ class FeatureStore(ABC):
         """The status of every worker heard from within its TTL."""
 
     @abstractmethod
+    async def put_replica(self, record: dict[str, Any], ttl_s: float) -> None:
+        """What an API replica serves (`record["replica"]` is its id), kept `ttl_s`."""
+
+    @abstractmethod
+    async def replicas(self) -> list[dict[str, Any]]:
+        """The record of every replica heard from within its TTL."""
+
+    @abstractmethod
+    async def drop_replica(self, replica_id: str) -> None: ...
+
+    @abstractmethod
     async def acquire_lock(self, version: str, token: str, ttl_s: float) -> bool: ...
 
     @abstractmethod

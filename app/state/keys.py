@@ -8,6 +8,7 @@
 <prefix>queue               list of job ids waiting for a worker
 <prefix>active:<version>    the job id queued or running for a version (coalesces submits)
 <prefix>lock:<version>      the build lock's token (expires unless renewed)
+<prefix>replica:<id>        JSON: what one API replica serves (expires unless renewed; see Service.heartbeat)
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Keys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}worker:{worker_id}"
+
+    def replica(self, replica_id: str) -> str:
+        return f"{self.prefix}replica:{replica_id}"
 
     def active(self, version: str) -> str:
         return f"{self.prefix}active:{version}"

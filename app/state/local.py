@@ -39,6 +39,7 @@ class LocalStore(FeatureStore):
         self._queue: deque[str] = deque()
         self._leases: dict[str, tuple[float, str]] = {}  # job id -> (monotonic deadline, owner)
         self._workers: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._replicas: dict[str, tuple[float, dict[str, Any]]] = {}
         self._locks = MemoryLocks()
 
     def load(self) -> LocalStore:
@@ -143,6 +144,17 @@ class LocalStore(FeatureStore):
     async def workers(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         return [dict(s) for deadline, s in self._workers.values() if deadline > now]
+
+    async def put_replica(self, record: dict[str, Any], ttl_s: float) -> None:
+        self._replicas[record["replica"]] = (time.monotonic() + ttl_s, dict(record))
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """One node: only this process's own record (the local check is the whole check)."""
+        now = time.monotonic()
+        return [dict(r) for deadline, r in self._replicas.values() if deadline > now]
+
+    async def drop_replica(self, replica_id: str) -> None:
+        self._replicas.pop(replica_id, None)
 
     async def acquire_lock(self, version: str, token: str, ttl_s: float) -> bool:
         return self._locks.acquire(version, token)

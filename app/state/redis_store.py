@@ -232,6 +232,21 @@ class RedisStore(FeatureStore):
 
         return await self._call("workers", scan)
 
+    async def put_replica(self, record: dict[str, Any], ttl_s: float) -> None:
+        key, raw = self.keys.replica(record["replica"]), json.dumps(record)
+        await self._call("replica", lambda: self.client.set(key, raw, px=max(1, int(ttl_s * 1000))))
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            keys = [k async for k in self.client.scan_iter(self.keys.replica("*"), count=1000)]
+            raws = await self.client.mget(keys) if keys else []
+            return [json.loads(r) for r in raws if r]  # a record that expired since the scan is None
+
+        return await self._call("replicas", read)
+
+    async def drop_replica(self, replica_id: str) -> None:
+        await self._call("replica", lambda: self.client.delete(self.keys.replica(replica_id)))
+
     async def acquire_lock(self, version: str, token: str, ttl_s: float) -> bool:
         key = self.keys.lock(version)
         return await self._call("lock", lambda: self.locks.acquire(key, token, ttl_s))

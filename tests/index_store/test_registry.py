@@ -26,6 +26,20 @@ def test_swap_returns_previous_and_checks_version() -> None:
     assert reg.remove("v1") is b and reg.get("v1") is None
 
 
+def test_advance_only_moves_forward() -> None:
+    """Build ids are time-ordered: an older or the same build never replaces the current one."""
+    reg = SnapshotRegistry()
+    old, new = (
+        snapshot_of(unit_vectors(10), tag="20260101T000000.000Z-a"),
+        snapshot_of(unit_vectors(10), tag="20260101T000001.000Z-b"),
+    )
+    assert reg.advance("v1", old) == (True, None)
+    assert reg.advance("v1", new) == (True, old)
+    assert reg.advance("v1", old) == (False, new)  # a late load of the older build loses
+    assert reg.advance("v1", new) == (False, new)  # the same build twice: one swap
+    assert reg.get("v1") is new
+
+
 def test_old_snapshot_freed_when_no_reader_holds_it() -> None:
     reg = SnapshotRegistry()
     reg.swap("v1", snapshot_of(unit_vectors(10), tag="a"))

@@ -21,11 +21,12 @@ import httpx
 import pytest
 
 from tests.reliability.conftest import GoodIndex
-from tests.reliability.procs import TOKEN, Server, clean_env, mib, raw_request, read_response
+from tests.reliability.procs import ROOT, TOKEN, Server, clean_env, mib, raw_request, read_response
 
 pytestmark = pytest.mark.slow
 
 MAX_BODY = 2_000_000  # the default limit
+HOOKS = "tests.reliability.schemathesis_hooks"
 SCHEMATHESIS_SEED = int(os.environ.get("SCHEMATHESIS_SEED", "20261126"))
 
 
@@ -80,8 +81,10 @@ def test_schemathesis_on_the_live_schema(
         "none",
         "--no-color",
     ]
+    # Hostile bodies for the free-form `features` and the ids (tests/reliability/schemathesis_hooks.py).
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     elapsed = time.monotonic() - t0
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-6000:]
@@ -91,7 +94,9 @@ def test_schemathesis_on_the_live_schema(
 
     report(
         "schemathesis against the live OpenAPI schema of a running server (all 9 operations, admin "
-        "with the token; coverage + fuzzing phases, up to 60 examples per operation, positive and negative)",
+        "with the token; coverage + fuzzing phases, up to 60 examples per operation, positive and negative; "
+        "hooks mix hostile /recall and /score bodies in: huge integers, lone surrogates in feature names, "
+        "values and ids, deep lists, ids past max_id_length)",
         "zero 5xx; every response matches its schema (status code, content type, body)",
         f"{generated} in {elapsed:.0f} s, seed {SCHEMATHESIS_SEED}: no failure "
         f"(checks {checks.replace(',', ', ')}); the server stayed up",
@@ -230,7 +235,109 @@ CASES: list[tuple[str, str, bytes, str, int, str]] = [
     ),
 ]
 
-ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
+_LONG = "x" * 257  # one past max_id_length
+_HUGE = b"1" + b"0" * 400  # a JSON integer past the float range
+CASES += [
+    (
+        "numeric feature 10**400",
+        "/recall",
+        b'{"features": {"age": ' + _HUGE + b"}}",
+        "application/json",
+        422,
+        "age",
+    ),
+    (
+        "item numeric feature -10**400",
+        "/score",
+        b'{"items": [{"item_id": "1", "features": {"release_year": -' + _HUGE + b"}}]}",
+        "application/json",
+        422,
+        "release_year",
+    ),
+    (
+        "lone surrogate as a feature name",
+        "/recall",
+        b'{"features": {"\\ud800": 1}}',
+        "application/json",
+        422,
+        "ud800",
+    ),
+    (
+        "lone surrogate as an item feature name",
+        "/score",
+        b'{"items": [{"item_id": "1", "features": {"a\\udfffb": "x"}}]}',
+        "application/json",
+        422,
+        "udfff",
+    ),
+    ("lone surrogate in user_id", "/recall", b'{"user_id": "\\ud800"}', "application/json", 422, "user_id"),
+    (
+        "lone surrogate in model_version",
+        "/score",
+        b'{"model_version": "\\udc00", "items": [{"item_id": "1"}]}',
+        "application/json",
+        422,
+        "model_version",
+    ),
+    (
+        "/score user_id 257 chars",
+        "/score",
+        _body({"user_id": _LONG, "items": [{"item_id": "1"}]}),
+        "application/json",
+        422,
+        "user_id",
+    ),
+    (
+        "/score item_id 257 chars",
+        "/score",
+        _body({"items": [{"item_id": "1"}, {"item_id": _LONG}]}),
+        "application/json",
+        422,
+        "item_id",
+    ),
+    (
+        "exclusion id 257 chars",
+        "/recall",
+        _body({"exclude_item_ids": ["1", _LONG]}),
+        "application/json",
+        422,
+        "exclude_item_ids",
+    ),
+    (
+        "history entry 257 chars",
+        "/recall",
+        _body({"features": {"history": ["1", _LONG]}}),
+        "application/json",
+        422,
+        "history",
+    ),
+    (
+        "history of nested lists",
+        "/recall",
+        _body({"features": {"history": [[["1"]]]}}),
+        "application/json",
+        422,
+        "history",
+    ),
+]
+
+ACCEPTED: list[tuple[str, str, dict[str, Any] | bytes]] = [
+    (
+        "lone surrogate in a string feature",
+        "/recall",
+        b'{"k": 5, "features": {"zip": "\\ud83412", "gender": "\\udfff"}}',
+    ),
+    (
+        "lone surrogate in an item title",
+        "/score",
+        b'{"items": [{"item_id": "n", "features": {"title": "a \\ud800 b"}}]}',
+    ),
+    ("numeric feature 10**30 (a float)", "/recall", {"k": 5, "features": {"age": 10**30}}),
+    (
+        "150,000-item history (beyond the exclusion budget)",
+        "/recall",
+        {"k": 5, "features": {"history": [f"i{i}" for i in range(150_000)]}},
+    ),
     ("unicode user_id", "/recall", {"user_id": "用户-é-😀", "k": 5}),
     ("NUL and RTL override in user_id", "/recall", {"user_id": "a\u0000b\u202ec", "k": 5}),
     ("unicode exclusions", "/recall", {"k": 5, "exclude_item_ids": ["ÿ", "😀", "\u0000", "1"]}),
@@ -280,7 +387,10 @@ def test_hand_picked_bad_input(api: Server, report: Callable[[str, str, str], No
             assert word in json.dumps(r.json()["detail"]).lower() or word in r.text, (name, r.text[:300])
             statuses[status] = statuses.get(status, 0) + 1
         for name, route, obj in ACCEPTED:
-            r = client.post(route, json=obj)
+            if isinstance(obj, bytes):  # JSON text with escapes httpx would not produce (lone surrogates)
+                r = client.post(route, content=obj, headers={"content-type": "application/json"})
+            else:
+                r = client.post(route, json=obj)
             assert r.status_code == 200, (name, r.status_code, r.text[:300])
         assert client.post("/recall", json={"user_id": "1", "k": 5}).status_code == 200
     assert api.alive()
@@ -291,11 +401,14 @@ def test_hand_picked_bad_input(api: Server, report: Callable[[str, str, str], No
         f"Hand-picked bad input over real HTTP ({len(CASES)} cases): k 0 / negative / huge / past int64 / "
         "1e308 / true / a string; NaN and ±Infinity; wrong JSON types; non-JSON, form-encoded, not "
         "UTF-8, 100k-deep JSON, empty bodies; unknown model version; unknown user and item features; "
-        "ids of 300 and 5000 chars; 10,000 candidates; a 100,000-id exclusion list",
+        "ids of 300 and 5000 chars; 10,000 candidates; a 100,000-id exclusion list; integers past the float "
+        "range in numeric features; lone surrogates in feature names, user_id and model_version; ids one "
+        "past max_id_length in /score's user_id and item_id, an exclusion and a history entry",
         "each gets its 4xx naming the field, never a 5xx; the server stays up",
         ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
         + f" as expected; {len(ACCEPTED)} edge cases that are valid (unicode, NUL and RTL ids, "
-        f"ids at their limits, a 50,000-item history) answered 200; RSS {mib(before)} before, peak "
+        f"ids at their limits, a 50,000- and a 150,000-item history, lone surrogates in string feature "
+        f"values, 10**30 as a number) answered 200; RSS {mib(before)} before, peak "
         f"{mib(rss.peak)}, {mib(after)} after",
     )
 

@@ -15,6 +15,7 @@ from app.schemas import (
     JobRef,
     ReindexAccepted,
     ReindexRequest,
+    ReplicaInfo,
     VersionInfo,
     Versions,
     Workers,
@@ -81,7 +82,8 @@ async def workers(service: ServiceDep) -> Workers:
 
 @router.get("/versions", response_model=Versions)
 async def versions(service: ServiceDep) -> Versions:
-    """Every known version with its aliases, current build, item count and state."""
+    """Every known version with its aliases, current build, item count and state; what each live
+    replica serves."""
     out = []
     for tag, served in sorted(service.versions.items()):
         snap = service.registry.get(tag)
@@ -96,7 +98,8 @@ async def versions(service: ServiceDep) -> Versions:
                 metrics=dict(served.manifest.metrics),
             )
         )
-    return Versions(versions=out, aliases=dict(service.aliases))
+    replicas = [ReplicaInfo.model_validate(r) for r in await service.live_replicas()]
+    return Versions(versions=out, aliases=dict(service.aliases), replicas=replicas)
 
 
 @router.put(
@@ -105,13 +108,13 @@ async def versions(service: ServiceDep) -> Versions:
     responses={
         400: {"description": "body that cannot be parsed"},
         404: {"description": "unknown version"},
-        409: {"description": "the version has no ready index"},
+        409: {"description": "the version has no ready index here, or on some live replica (named)"},
         503: {"description": "the alias could not be recorded (store unreachable); nothing changed"},
         507: {"description": "the index store's disk is full; nothing changed"},
     },
 )
 async def move_alias(alias: str, body: AliasRequest, service: ServiceDep) -> AliasResponse:
-    """Point an alias at a version that has a ready index (409 otherwise)."""
+    """Point an alias at a version every live replica serves with a ready index (409 otherwise)."""
     if not alias or len(alias) > 64 or alias in service.versions:
         raise HTTPException(422, [{"loc": ["path", "alias"], "msg": "1-64 characters, not a version tag"}])
     try:

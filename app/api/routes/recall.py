@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response
 
 from app.api.deps import ServiceDep, SettingsDep
+from app.api.limits import check_exclusions, check_id
 from app.api.responses import FastJSON
 from app.schemas import RecallRequest, RecallResponse
 
@@ -27,20 +28,8 @@ async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep
         raise HTTPException(
             422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}]
         )
-    if len(body.exclude_item_ids) > limits.max_exclude:
-        raise HTTPException(
-            422,
-            [
-                {
-                    "loc": ["body", "exclude_item_ids"],
-                    "msg": f"at most {limits.max_exclude} ids",
-                    "type": "limit",
-                }
-            ],
-        )
-    if body.user_id is not None and len(body.user_id) > limits.max_id_length:
-        msg = f"at most {limits.max_id_length} characters"
-        raise HTTPException(422, [{"loc": ["body", "user_id"], "msg": msg, "type": "limit"}])
+    check_exclusions(limits, body.exclude_item_ids)
+    check_id(limits, body.user_id, "user_id")
     res = await service.recall(
         body.model_version, body.user_id, body.features, k, body.exclude_item_ids, body.exclude_history
     )

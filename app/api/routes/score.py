@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Response
 
 from app.api.deps import ServiceDep, SettingsDep
+from app.api.limits import check_id
 from app.api.responses import FastJSON
 from app.api.routes.recall import ERRORS
 from app.schemas import ScoreRequest, ScoreResponse
@@ -19,6 +20,9 @@ async def score(body: ScoreRequest, service: ServiceDep, settings: SettingsDep) 
     if len(body.items) > limits.max_score_items:
         msg = f"at most {limits.max_score_items} items"
         raise HTTPException(422, [{"loc": ["body", "items"], "msg": msg, "type": "limit"}])
+    check_id(limits, body.user_id, "user_id")
+    for i, it in enumerate(body.items):
+        check_id(limits, it.item_id, "items", i, "item_id")
     res = await service.score(
         body.model_version, body.user_id, body.features, [(it.item_id, it.features) for it in body.items]
     )

@@ -6,6 +6,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class LocalStore(FeatureStore):
         self.data_dir = data_dir
         # Whose names the data files use (app.catalog.data_schema); None: the default layout.
         self.schema = schema
+        self.layout = schema.layout if schema is not None else DataLayout()  # what the rows hold
         self.alias_file = alias_file
         self._alias_record = AliasFile(alias_file)
         self.users: dict[str, dict[str, Any]] = {}
@@ -43,7 +45,7 @@ class LocalStore(FeatureStore):
         self._locks = MemoryLocks()
 
     def load(self) -> LocalStore:
-        layout = self.schema.layout if self.schema is not None else DataLayout()
+        layout = self.layout
         if self.data_dir is not None and has_table(self.data_dir, layout.users):
             self.users = read_users(self.data_dir, self.schema)
             log.info("%d users from %s: %s", len(self.users), self.data_dir, describe(layout))
@@ -54,6 +56,32 @@ class LocalStore(FeatureStore):
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
         return self.users.get(user_id)
+
+    def version_added(self, tag: str, layout: DataLayout) -> None:
+        """The same files under another history key: each user's history under that key too (the
+        same list). Other tables or columns: a warning, the rows stay as read (a restart reads the
+        files as app.catalog.data_schema decides)."""
+        mine = self.layout
+        if self.data_dir is None or not self.users:
+            return
+        if replace(layout, history=()) != replace(mine, history=()) or not mine.history:
+            log.warning(
+                "model version %s reads the data files otherwise (%s) than this store read them (%s): "
+                "it is served from these rows until a restart",
+                tag,
+                describe(layout),
+                describe(mine),
+            )
+            return
+        new = [k for k in layout.history if k not in mine.history]
+        if not new:
+            return
+        for row in self.users.values():
+            history = row.get(mine.history[0], [])
+            for key in new:
+                row[key] = history
+        self.layout = replace(mine, history=(*mine.history, *new))
+        log.info("model version %s: histories under %s too", tag, ", ".join(repr(k) for k in new))
 
     async def aliases(self) -> dict[str, str]:
         return dict(self._aliases)

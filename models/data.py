@@ -127,12 +127,14 @@ def iter_rows(
     columns: Mapping[str, tuple[Column, FieldSpec | None]] | None = None,
     text: Collection[str] = (),
     keep_others: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Stream (location, row) from one file. With `columns`, rows hold exactly those columns,
     converted (None = missing); a column the file lacks is an error unless its field has a
     default. Without, rows hold every column as read (CSV cells inferred, except `text` columns).
     `keep_others`: with `columns`, rows also hold every other column as read (a feature store
-    serves versions whose schemas read different columns of the same file)."""
+    serves versions whose schemas read different columns of the same file). `labels` say what a
+    column is in the error for a file that lacks it (default: the id column, or the field)."""
     suffix = path.suffix
     if suffix == ".parquet":
         raw = _parquet(path, list(columns) if columns and not keep_others else None)
@@ -147,7 +149,7 @@ def iter_rows(
     header_checked = False
     for where, row, header in raw:
         if columns is not None and header is not None and not header_checked:
-            _check_header(path, header, columns)
+            _check_header(path, header, columns, labels or {})
             header_checked = True
         if columns is None:
             yield where, {k: v if k in text else _infer(v) for k, v in row.items()} if is_csv else row
@@ -164,16 +166,23 @@ def iter_rows(
         yield where, out
     if columns is not None and suffix == ".jsonl" and seen:
         # JSON lines have no header: a key that no row carries (even as null) is the same mistake
-        _check_header(path, seen, columns)
+        _check_header(path, seen, columns, labels or {})
 
 
-def _check_header(path: Path, header: Any, columns: Mapping[str, tuple[Column, FieldSpec | None]]) -> None:
+def _check_header(
+    path: Path,
+    header: Any,
+    columns: Mapping[str, tuple[Column, FieldSpec | None]],
+    labels: Mapping[str, str],
+) -> None:
     for col, (ctype, spec) in columns.items():
         if col in header:
             continue
         if spec is not None and spec.default is not None:
             continue
-        what = "the id column" if ctype == "id" else f"field {spec.name!r}" if spec else col
+        what = labels.get(col) or (
+            "the id column" if ctype == "id" else f"field {spec.name!r}" if spec else col
+        )
         raise DataError(f"{path}: no column {col!r} ({what}); columns are {sorted(header)}")
 
 
@@ -373,7 +382,13 @@ def read_interactions(
     }
     out: list[Interaction] = []
     ts_col = layout.timestamp
-    for n, (where, row) in enumerate(iter_rows(path, cols | ({ts_col: ("any", None)} if ts_col else {}))):
+    labels = {
+        layout.inter_user: "the interactions' user column",
+        layout.inter_item: "the interactions' item column",
+        **({ts_col: "the interactions' timestamp column"} if ts_col else {}),
+    }
+    read = iter_rows(path, cols | ({ts_col: ("any", None)} if ts_col else {}), labels=labels)
+    for n, (where, row) in enumerate(read):
         uid, iid = row[layout.inter_user], row[layout.inter_item]
         if uid is None or iid is None:
             raise DataError(f"{where}: a user and an item are required, got {uid!r}, {iid!r}")

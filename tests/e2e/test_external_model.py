@@ -627,12 +627,12 @@ def test_own_names_load_into_redis(
 
 
 @pytest.mark.parametrize(
-    ("table", "column", "fmt", "command"),
+    ("table", "column", "fmt", "command", "what"),
     [
-        ("orders", "when", "csv", "load"),
-        ("people", "customer", "parquet", "load"),
-        ("catalogue", "price", "jsonl", "reindex"),
-        ("catalogue", "sku", "parquet", "reindex"),
+        ("orders", "when", "csv", "load", "the interactions' timestamp column"),
+        ("people", "customer", "parquet", "load", "the id column"),
+        ("catalogue", "price", "jsonl", "reindex", "field 'price'"),
+        ("catalogue", "sku", "parquet", "reindex", "the id column"),
     ],
 )
 def test_own_names_missing_column(
@@ -640,6 +640,7 @@ def test_own_names_missing_column(
     column: str,
     fmt: str,
     command: str,
+    what: str,
     work: Path,
     own_version: Path,
     tmp_path: Path,
@@ -660,7 +661,7 @@ def test_own_names_missing_column(
         out = cli("reindex", "--model-version", "own-dot", env=env)
     assert out.returncode == 2, out.stdout
     assert "Traceback" not in out.stderr
-    assert f"{data / f'{table}.{fmt}'}" in out.stderr and repr(column) in out.stderr, out.stderr
+    assert f"{data / f'{table}.{fmt}'}: no column {column!r} ({what})" in out.stderr, out.stderr
     r = redis.Redis.from_url(redis_url)
     assert r.dbsize() == 0
     r.close()

@@ -20,6 +20,7 @@ from models.errors import (
     StorageFull,
     StoreUnavailable,
     TwoTowerError,
+    UnknownItem,
     UnknownVersion,
 )
 
@@ -54,7 +55,7 @@ class ErrorJSON(JSONResponse):
 def _status(exc: TwoTowerError) -> int:
     if isinstance(exc, FeatureError):
         return 422
-    if isinstance(exc, UnknownVersion):
+    if isinstance(exc, UnknownVersion | UnknownItem):
         return 404
     if isinstance(exc, StorageFull):
         return 507  # Insufficient Storage: retrying will not help until space is freed

@@ -12,7 +12,7 @@ import anyio
 from fastapi import FastAPI
 
 from app import errors
-from app.api.routes import admin, health, recall, score
+from app.api.routes import admin, health, recall, score, similar
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestMetrics
 from app.reindex.jobs import submit
@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     errors.install(app)
-    for module in (recall, score, admin, health):
+    for module in (recall, similar, score, admin, health):
         app.include_router(module.router)
     # Outermost first: count every request, then refuse oversized bodies before parsing.
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)

@@ -9,6 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, String
 # Ids are strings in the API; lengths are bounded again by the configured limits in the routes.
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Features = dict[str, Any]
+# field -> {operator: value}; the operators and value types are checked against the schema
+Filter = dict[str, dict[str, Any]]
+FILTER_DOC = (
+    "filterable item fields -> {operator: value}: any/all/none [strings] for categorical and "
+    "multi_hot fields, gt/gte/lt/lte/eq number for numeric and bucket fields, eq true/false for "
+    'booleans; fields and operators combine with AND, e.g. {"genres": {"any": ["Comedy"]}, '
+    '"release_year": {"gte": 1990, "lt": 2000}}'
+)
 
 
 class _Strict(BaseModel):
@@ -23,6 +31,7 @@ class RecallRequest(_Strict):
     model_version: ItemId | None = Field(None, description="a version tag or an alias; omitted = default")
     exclude_item_ids: list[ItemId] = []
     exclude_history: StrictBool = True  # strict: "no" or 0 is a type error, not False
+    filter: Filter | None = Field(None, description=FILTER_DOC)
 
 
 class ScoredItem(BaseModel):
@@ -34,6 +43,23 @@ class RecallResponse(BaseModel):
     model_version: str
     index_build: str
     cold_start: bool
+    items: list[ScoredItem]
+
+
+class SimilarRequest(_Strict):
+    item_id: ItemId
+    features: Features | None = Field(
+        None, description="item features: the query is the item tower's output on them, not the stored vector"
+    )
+    k: StrictInt | None = Field(None, description="1..max_k; default 100")
+    model_version: ItemId | None = Field(None, description="a version tag or an alias; omitted = default")
+    exclude_item_ids: list[ItemId] = []
+    filter: Filter | None = Field(None, description=FILTER_DOC)
+
+
+class SimilarResponse(BaseModel):
+    model_version: str
+    index_build: str
     items: list[ScoredItem]
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio
 import numpy as np
 
+from app.filtering import filter_rows
 from app.metrics import Metrics
 from app.reindex.jobs import submit
 from app.settings import Settings
@@ -32,6 +33,7 @@ from models.errors import (
     ReplicasBehind,
     StoreUnavailable,
     TwoTowerError,
+    UnknownItem,
     UnknownVersion,
 )
 from models.manifest import ModelManifest, list_versions, load_version
@@ -469,9 +471,11 @@ class Service:
         k: int,
         exclude: Sequence[str],
         exclude_history: bool,
+        filter: Mapping[str, Any] | None = None,
     ) -> Recalled:
         served = self.resolve(version)
         snap = self.snapshot(served)  # one reference for the whole request
+        allowed = filter_rows(self.settings, served.manifest, snap, filter)
         user = await self.user_context(served, user_id, features)
         # One exclusion budget for the explicit ids and the history together: every excluded id
         # widens the search (measured: a 150k-id history cost 107 ms of event loop per request). The
@@ -482,10 +486,42 @@ class Service:
 
         def compute() -> list[tuple[str, float]]:
             q = served.user.embed([user.row])
-            return snap.search(q, k, [banned])[0]
+            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below_for(snap.kind))[0]
 
         items = await self.run(compute, snap)
         return Recalled(served.tag, snap.build_id, user.cold_start, items)
+
+    async def similar(
+        self,
+        version: str | None,
+        item_id: str,
+        features: Mapping[str, Any] | None,
+        k: int,
+        exclude: Sequence[str],
+        filter: Mapping[str, Any] | None = None,
+    ) -> Recalled:
+        """Neighbours of one item: its stored vector (or the item tower on `features`) as the
+        query, the item itself never among them."""
+        served = self.resolve(version)
+        snap = self.snapshot(served)
+        allowed = filter_rows(self.settings, served.manifest, snap, filter)
+        row: dict[str, Any] | None = None
+        if features is not None:
+            valid = served.item.encoder.validate(features, "features")
+            self._check_sequence_ids(served.item, valid, "features")
+            row = {**valid, served.item.encoder.tower.id_field: item_id}
+        else:
+            stored, found = snap.vectors_for([item_id])
+            if not found[0]:
+                raise UnknownItem(item_id, served.tag)
+        banned = {*exclude, item_id}
+
+        def compute() -> list[tuple[str, float]]:
+            q = served.item.embed([row])[0] if row is not None else stored[0]
+            return snap.search(q, k, [banned], allowed, self.settings.filters.exact_below_for(snap.kind))[0]
+
+        items = await self.run(compute, snap)
+        return Recalled(served.tag, snap.build_id, False, items)
 
     async def score(
         self,

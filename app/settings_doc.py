@@ -55,6 +55,10 @@ DESCRIPTIONS = {
     "RUNTIME__COMPUTE_IN_THREAD": "tower + search in a worker thread (true) or inline (false); "
     "unset = inline except searches of a large exact index",
     "RUNTIME__THREAD_ABOVE_EXACT_ITEMS": "with the above unset: exact indexes over this size use a thread",
+    "FILTERS__EXACT_BELOW": "a `filter` keeping at most this share of the catalog is answered by an exact "
+    "scan of its rows; broader ones search the index with a Faiss IDSelector",
+    "FILTERS__EXACT_BELOW_HNSW": "the same share for an HNSW index",
+    "FILTERS__MAX_VALUES": "most values in one `any` / `all` / `none` list of a `filter`",
 }
 
 

@@ -15,7 +15,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index_store.attributes import Attributes
 from index_store.build import HNSW, IVF, pad_queries, search_parameters
+from index_store.filtered import search_filtered
 from index_store.threads import set_faiss_threads
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class Snapshot:
     search_params: Mapping[str, int]  # {"nprobe": 12} / {"efSearch": 96} / {} for exact
     kind: str = "exact"
     threads: int = 1  # Faiss threads per search call; 1 suits one query per request
+    attributes: Attributes | None = None  # the filterable fields' columns (None: built before filters)
 
     @property
     def size(self) -> int:
@@ -51,12 +54,15 @@ class Snapshot:
         queries: np.ndarray,
         k: int,
         exclude: Sequence[Collection[str]] | None = None,
+        allowed: np.ndarray | None = None,
+        exact_below: float = 0.0,
     ) -> list[list[tuple[str, float]]]:
         """Top-k (item id, score) per query, score descending; exactly min(k, eligible) results.
 
         `exclude[i]` holds item ids query i must not return; the search over-fetches by the number
         of them present in the index, widens the search parameter and at last brute-forces the stored
-        vectors when an ANN kind still comes back short.
+        vectors when an ANN kind still comes back short. `allowed` (bool [N], a filter's rows) keeps
+        only those rows: see `filtered.search_filtered`; `exact_below` is its selectivity threshold.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim == 1:
@@ -69,6 +75,8 @@ class Snapshot:
         if k < 1 or nq == 0:
             return [[] for _ in range(nq)]
         banned = [self._rows(exclude[i]) if exclude is not None else frozenset() for i in range(nq)]
+        if allowed is not None:
+            return [search_filtered(self, q[i], k, banned[i], allowed, exact_below) for i in range(nq)]
         want = [min(k, self.size - len(b)) for b in banned]
         fetch = min(self.size, k + max(len(b) for b in banned))
         # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.

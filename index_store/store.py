@@ -4,6 +4,7 @@
     <root>/<version>/<build_id>/index.faiss  faiss.write_index
                                 ids.npy      item ids (unicode, no pickle); row i of the index = ids[i]
                                 vectors.npy  float32 [N, dim], the stored vector of every item (for /score)
+                                attributes.npz  the filterable fields' columns (index_store.attributes)
                                 manifest.json
     <root>/<version>/.tmp-<build_id>.<pid>/  a build being written by process <pid>; removed by a
                                             later build once that process is gone
@@ -35,6 +36,7 @@ import faiss
 import numpy as np
 import onnxruntime as ort
 
+from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, Attributes, from_bytes, to_bytes
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
 from index_store.encode import encode_catalog
 from index_store.locking import file_lock, pid_alive
@@ -188,6 +190,10 @@ class IndexStore:
         vectors = _load_npy(bdir / VECTORS_FILE, data[VECTORS_FILE])
         del data
         n, dim = int(manifest["item_count"]), int(manifest["dim"])
+        attributes = None
+        if isinstance(manifest.get("attributes"), dict):  # builds from before filters have none
+            raw = _read_verified(bdir / ATTRIBUTES_FILE, manifest)
+            attributes = from_bytes(raw, manifest["attributes"], n, str(bdir / ATTRIBUTES_FILE))
         if ids.dtype.kind != "U" or ids.shape != (n,):
             raise ArtifactError(f"{bdir / IDS_FILE}: expected {n} string ids, got {ids.dtype} {ids.shape}")
         if vectors.dtype != np.float32 or vectors.shape != (n, dim):
@@ -223,6 +229,7 @@ class IndexStore:
             search_params=MappingProxyType(dict(manifest["index"].get("search_params", {}))),
             kind=kind,
             threads=threads,
+            attributes=attributes,
         )
         log.info(
             "loaded index build %s/%s: %d items, %s %s, in %.2fs",
@@ -270,7 +277,11 @@ class IndexStore:
         runner = TowerRunner(Path(model_store) / model_version, model, "item", intra_threads=config.threads)
         runner.load()
         t = time.monotonic()
-        ids, vectors = encode_catalog(runner, catalog, batch_size=config.batch_size, progress=progress)
+        collector = AttributeCollector(model.features.item)
+        ids, vectors = encode_catalog(
+            runner, collector.watch(catalog), batch_size=config.batch_size, progress=progress
+        )
+        attributes = collector.finish()
         encode_s = time.monotonic() - t
         _check_unique(ids)
         if not allow_shrink:
@@ -290,7 +301,7 @@ class IndexStore:
                 **built.timings,
             }
             manifest = self._write_build(
-                tmp, model, build_id, ids, vectors, built, config, timings, started, t
+                tmp, model, build_id, ids, vectors, attributes, built, config, timings, started, t
             )
             os.rename(tmp, final)
             fsync_dir(vdir)
@@ -354,6 +365,7 @@ class IndexStore:
         build_id: str,
         ids: list[str],
         vectors: np.ndarray,
+        attributes: Attributes,
         built: BuiltIndex,
         config: IndexConfig,
         timings: dict[str, float],
@@ -364,8 +376,9 @@ class IndexStore:
         faiss.write_index(built.index, str(tmp / INDEX_FILE))
         np.save(tmp / IDS_FILE, np.array(ids, dtype=str), allow_pickle=False)
         np.save(tmp / VECTORS_FILE, vectors, allow_pickle=False)
+        (tmp / ATTRIBUTES_FILE).write_bytes(to_bytes(attributes))
         files, sizes = {}, {}
-        for name in DATA_FILES:
+        for name in (*DATA_FILES, ATTRIBUTES_FILE):
             path = tmp / name
             _fsync_file(path)
             files[name] = sha256_file(path)
@@ -389,6 +402,7 @@ class IndexStore:
                 "search_params": dict(built.search_params),
             },
             "recall": dict(built.recall) if built.recall is not None else None,
+            "attributes": attributes.describe(),
             "files": files,
             "sizes": sizes,
             "timings": {k: round(v, 3) for k, v in timings.items()},

@@ -9,6 +9,7 @@ TwoTowerError
 ├── VersionExists         a model version tag is immutable once written
 ├── TowerRefused          an imported ONNX tower does not fit its schema (names the file and input)
 ├── UnknownVersion        no model version or alias by that name
+├── UnknownItem           an item id the version's index does not hold (and no features were sent)
 ├── IndexNotReady         the version is known but has no loaded index yet
 │   └── ReplicasBehind    ... on some live replica (an alias move would 404 there)
 ├── BuildRefused          an index build failed a check and was not published
@@ -53,6 +54,12 @@ class UnknownVersion(TwoTowerError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown model version or alias: {name!r}")
         self.name = name
+
+
+class UnknownItem(TwoTowerError):
+    def __init__(self, item_id: str, version: str) -> None:
+        super().__init__(f"item {item_id!r} is not in the index of model version {version!r}")
+        self.item_id = item_id
 
 
 class IndexNotReady(TwoTowerError):

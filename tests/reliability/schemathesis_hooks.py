@@ -1,12 +1,13 @@
 """schemathesis hooks (`SCHEMATHESIS_HOOKS=tests.reliability.schemathesis_hooks`): hostile bodies
 for the free-form parts of the contract, which the OpenAPI schema cannot describe (`features` is an
-object of anything). Mixed into the generated bodies of /recall and /score:
+object of anything). Mixed into the generated bodies of /recall, /score and /similar:
 
 - huge integers (past float range: `math.isfinite(10**400)` raises), huge negative ones;
 - lone surrogates (valid in JSON text as `\\ud800`, not encodable as UTF-8) in feature values, in
   feature names, in ids;
 - deep lists, and lists of mixed types where a list of ids is expected;
-- ids just past `max_id_length` (256) in `user_id`, `items[].item_id`, `exclude_item_ids`, history.
+- ids just past `max_id_length` (256) in `user_id`, `items[].item_id`, `exclude_item_ids`, history;
+- filters on known and unknown fields, with every operator and made-up ones, and each value above.
 
 Every one must be answered with a 2xx or a 4xx; schemathesis' `not_a_server_error` check fails on a
 5xx.
@@ -50,9 +51,38 @@ VALUE = st.one_of(
 FEATURES = st.dictionaries(st.one_of(st.sampled_from(KNOWN), NASTY_TEXT), VALUE, min_size=1, max_size=3)
 ID = st.one_of(st.sampled_from(["1", "2", "50"]), NASTY_TEXT, LONG_ID)
 
+# Filters: the demo's filterable fields and others, every operator and made-up ones, values of the
+# right type and hostile ones (/recall and /similar).
+FILTER_VALUE = st.one_of(
+    VALUE,
+    st.lists(st.sampled_from(["Comedy", "Drama", "Western"]), min_size=1, max_size=3),
+    st.integers(1900, 2000),
+    st.booleans(),
+)
+FILTER = st.dictionaries(
+    st.one_of(st.sampled_from(["genres", "release_year", "title", "item_id"]), NASTY_TEXT),
+    st.dictionaries(
+        st.one_of(st.sampled_from(["any", "all", "none", "gt", "gte", "lt", "lte", "eq"]), NASTY_TEXT),
+        FILTER_VALUE,
+        min_size=1,
+        max_size=2,
+    ),
+    min_size=1,
+    max_size=2,
+)
 RECALL = st.one_of(
     st.fixed_dictionaries({"features": FEATURES}, optional={"user_id": ID, "k": st.integers(1, 20)}),
     st.fixed_dictionaries({"user_id": ID}, optional={"exclude_item_ids": st.lists(ID, max_size=4)}),
+    st.fixed_dictionaries({"user_id": ID, "filter": FILTER}, optional={"k": st.integers(1, 20)}),
+)
+SIMILAR = st.fixed_dictionaries(
+    {"item_id": ID},
+    optional={
+        "filter": FILTER,
+        "features": FEATURES,
+        "exclude_item_ids": st.lists(ID, max_size=4),
+        "k": st.integers(1, 20),
+    },
 )
 SCORE = st.fixed_dictionaries(
     {
@@ -73,4 +103,6 @@ def before_generate_body(context: schemathesis.HookContext, strategy: st.SearchS
         return st.one_of(strategy, RECALL)
     if op.path == "/score":
         return st.one_of(strategy, SCORE)
+    if op.path == "/similar":
+        return st.one_of(strategy, SIMILAR)
     return strategy

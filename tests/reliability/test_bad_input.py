@@ -93,7 +93,7 @@ def test_schemathesis_on_the_live_schema(
     assert TOKEN not in api.text()
 
     report(
-        "schemathesis against the live OpenAPI schema of a running server (all 9 operations, admin "
+        "schemathesis against the live OpenAPI schema of a running server (all 11 operations, admin "
         "with the token; coverage + fuzzing phases, up to 60 examples per operation, positive and negative; "
         "hooks mix hostile /recall and /score bodies in: huge integers, lone surrogates in feature names, "
         "values and ids, deep lists, ids past max_id_length)",
@@ -349,6 +349,108 @@ ACCEPTED: list[tuple[str, str, dict[str, Any] | bytes]] = [
         "10,000 exclusions (the limit)",
         "/recall",
         {"k": 5, "exclude_item_ids": [str(i) for i in range(10_000)]},
+    ),
+]
+
+# Filters (/recall, /similar) and /similar's own fields: each 422 names the filter path.
+CASES += [
+    (
+        "filter on an unknown field",
+        "/recall",
+        _body({"filter": {"colour": {"any": ["red"]}}}),
+        "application/json",
+        422,
+        "colour",
+    ),
+    (
+        "filter on a field not filterable",
+        "/similar",
+        _body({"item_id": "1", "filter": {"title": {"any": ["a"]}}}),
+        "application/json",
+        422,
+        "title",
+    ),
+    (
+        "filter operator unknown",
+        "/recall",
+        _body({"filter": {"genres": {"like": ["Com"]}}}),
+        "application/json",
+        422,
+        "like",
+    ),
+    (
+        "filter number as a string",
+        "/similar",
+        _body({"item_id": "1", "filter": {"release_year": {"gte": "1990"}}}),
+        "application/json",
+        422,
+        "gte",
+    ),
+    (
+        "filter number Infinity",
+        "/recall",
+        b'{"filter": {"release_year": {"lt": Infinity}}}',
+        "application/json",
+        422,
+        "release_year",
+    ),
+    (
+        "filter number past float",
+        "/recall",
+        _body({"filter": {"release_year": {"lt": 10**400}}}),
+        "application/json",
+        422,
+        "lt",
+    ),
+    (
+        "filter values not a list",
+        "/recall",
+        _body({"filter": {"genres": {"any": "Comedy"}}}),
+        "application/json",
+        422,
+        "any",
+    ),
+    (
+        "filter value not a string",
+        "/recall",
+        _body({"filter": {"genres": {"all": ["Comedy", 7]}}}),
+        "application/json",
+        422,
+        "all",
+    ),
+    ("filter a list", "/recall", _body({"filter": ["genres"]}), "application/json", 422, "filter"),
+    (
+        "filter 100k values",
+        "/recall",
+        _body({"filter": {"genres": {"any": ["x"] * 100_000}}}),
+        "application/json",
+        422,
+        "any",
+    ),
+    ("similar without item_id", "/similar", _body({"k": 5}), "application/json", 422, "item_id"),
+    (
+        "similar unknown item",
+        "/similar",
+        _body({"item_id": "no-such-item"}),
+        "application/json",
+        404,
+        "no-such-item",
+    ),
+    (
+        "similar item_id past the limit",
+        "/similar",
+        _body({"item_id": "x" * 5000}),
+        "application/json",
+        422,
+        "item_id",
+    ),
+]
+ACCEPTED += [
+    ("filter on a value no item has", "/recall", {"k": 5, "filter": {"genres": {"any": ["No-such-genre"]}}}),
+    (
+        "similar with filter and exclusions",
+        "/similar",
+        {"item_id": "1", "k": 5, "filter": {"release_year": {"gte": 1990}}, "exclude_item_ids": ["2"]},
     ),
 ]
 

@@ -14,7 +14,7 @@ ERRORS: dict[int | str, dict[str, str]] = {
     400: {"description": "body that cannot be parsed (not UTF-8, or nested too deep)"},
     404: {"description": "unknown model version or alias"},
     413: {"description": "request body too large"},
-    422: {"description": "invalid field, feature or limit"},
+    422: {"description": "invalid field, feature, filter or limit"},
     503: {"description": "the version has no index yet, or the feature store is down"},
 }
 
@@ -31,7 +31,13 @@ async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep
     check_exclusions(limits, body.exclude_item_ids)
     check_id(limits, body.user_id, "user_id")
     res = await service.recall(
-        body.model_version, body.user_id, body.features, k, body.exclude_item_ids, body.exclude_history
+        body.model_version,
+        body.user_id,
+        body.features,
+        k,
+        body.exclude_item_ids,
+        body.exclude_history,
+        filter=body.filter,
     )
     return FastJSON(
         {

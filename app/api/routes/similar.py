@@ -1,0 +1,42 @@
+"""POST /similar: item-to-item neighbours from the same version's index."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Response
+
+from app.api.deps import ServiceDep, SettingsDep
+from app.api.limits import check_exclusions, check_id
+from app.api.responses import FastJSON
+from app.schemas import SimilarRequest, SimilarResponse
+
+router = APIRouter(tags=["retrieval"])
+ERRORS: dict[int | str, dict[str, str]] = {
+    400: {"description": "body that cannot be parsed (not UTF-8, or nested too deep)"},
+    404: {"description": "unknown model version or alias, or an item not in the index sent without features"},
+    413: {"description": "request body too large"},
+    422: {"description": "invalid field, feature, filter or limit"},
+    503: {"description": "the version has no index yet"},
+}
+
+
+@router.post("/similar", response_model=SimilarResponse, responses=ERRORS)
+async def similar(body: SimilarRequest, service: ServiceDep, settings: SettingsDep) -> Response:
+    """Top-k items nearest one item (its stored vector, or the item tower on `features`), never itself."""
+    limits = settings.limits
+    k = body.k if body.k is not None else min(limits.default_k, limits.max_k)
+    if not 1 <= k <= limits.max_k:
+        raise HTTPException(
+            422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}]
+        )
+    check_exclusions(limits, body.exclude_item_ids)
+    check_id(limits, body.item_id, "item_id")
+    res = await service.similar(
+        body.model_version, body.item_id, body.features, k, body.exclude_item_ids, body.filter
+    )
+    return FastJSON(
+        {
+            "model_version": res.version,
+            "index_build": res.build,
+            "items": [{"item_id": i, "score": s} for i, s in res.items],
+        }
+    )

@@ -1,0 +1,208 @@
+"""Attribute columns of a build: the raw values of every filterable item field, row-aligned with
+the index, so that a filter costs array operations and no per-request feature lookups.
+
+Three column types, chosen per field at build time:
+- `ValuesColumn` (categorical, hashed, multi_hot, sequence): the distinct raw values seen in the
+  catalog and, per value, the sorted rows holding it (a posting list, CSC layout). `any` is the
+  union of a few posting lists, so a filter on a rare value touches only its rows.
+- `NumberColumn` (numeric, bucket): the raw source value as float64, NaN where missing (every
+  comparison with NaN is false, so a missing value never passes a range).
+- `BoolColumn` (any scalar field whose catalog values are all JSON booleans): int8 1 / 0 / -1.
+
+They are written to `attributes.npz` (no pickle) in the build directory, checked by the build
+manifest's sha256 like the other files, and read-only once loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.errors import ArtifactError
+from models.features import FieldSpec, TowerSchema
+
+ATTRIBUTES_FILE = "attributes.npz"
+VALUE_KINDS = ("categorical", "hashed", "multi_hot", "sequence")  # filtered by string values
+NUMBER_KINDS = ("numeric", "bucket")  # filtered by the raw number
+COLUMN_KINDS = VALUE_KINDS + NUMBER_KINDS  # vector and hashed_words have no column
+
+
+@dataclass(frozen=True, eq=False)
+class ValuesColumn:
+    values: np.ndarray  # str [V], sorted
+    ptr: np.ndarray  # int64 [V + 1]: rows of values[v] are rows[ptr[v]:ptr[v + 1]]
+    rows: np.ndarray  # int32 [nnz], sorted within each value
+
+    def code(self, value: str) -> int | None:
+        i = int(np.searchsorted(self.values, value))
+        return i if i < len(self.values) and self.values[i] == value else None
+
+    def rows_of(self, code: int) -> np.ndarray:
+        return self.rows[self.ptr[code] : self.ptr[code + 1]]
+
+
+@dataclass(frozen=True, eq=False)
+class NumberColumn:
+    x: np.ndarray  # float64 [N], NaN = missing
+
+
+@dataclass(frozen=True, eq=False)
+class BoolColumn:
+    b: np.ndarray  # int8 [N]: 1 true, 0 false, -1 missing
+
+
+Column = ValuesColumn | NumberColumn | BoolColumn
+
+
+@dataclass(frozen=True, eq=False)
+class Attributes:
+    """Every filterable field's column over the `size` rows of one build."""
+
+    size: int
+    columns: Mapping[str, Column] = field(default_factory=dict)  # by schema field name
+
+    def describe(self) -> dict[str, str]:
+        """Field -> column type, as the build manifest records it."""
+        return {name: _TYPE[type(col)] for name, col in self.columns.items()}
+
+
+_TYPE: dict[type, str] = {ValuesColumn: "values", NumberColumn: "number", BoolColumn: "bool"}
+
+
+class _Field:
+    """One field's values as they stream past: compact arrays, not the rows' Python objects (a
+    1M-item catalog's genre lists held to the end would cost hundreds of MB in the build)."""
+
+    def __init__(self, spec: FieldSpec) -> None:
+        self.spec = spec
+        self.numbers = array("d")  # numeric / bucket: the raw value, NaN = missing
+        self.codes: dict[str, int] = {}  # value kinds: value -> first-seen code
+        self.pair_codes = array("i")  # value kinds: (code, row) per value held
+        self.pair_rows = array("i")
+        self.bools = array("b")  # -1 missing, 0 / 1 a JSON boolean
+        self.all_bool = True  # every present value is a JSON boolean (then a BoolColumn)
+        self.any_present = False
+
+    def add(self, row: int, value: Any) -> None:
+        if value is not None:
+            self.any_present = True
+            if not isinstance(value, bool):
+                self.all_bool = False
+        self.bools.append(-1 if not isinstance(value, bool) else int(value))
+        if self.spec.kind in NUMBER_KINDS:
+            self.numbers.append(_number(value))
+            return
+        for tok in dict.fromkeys(_tokens(value)):
+            code = self.codes.setdefault(tok, len(self.codes))
+            self.pair_codes.append(code)
+            self.pair_rows.append(row)
+
+    def column(self) -> Column:
+        if self.any_present and self.all_bool:
+            return BoolColumn(np.frombuffer(self.bools, dtype=np.int8).copy())
+        if self.spec.kind in NUMBER_KINDS:
+            return NumberColumn(np.frombuffer(self.numbers, dtype=np.float64).copy())
+        values = np.array(list(self.codes), dtype=str)
+        order = np.argsort(values, kind="stable")  # codes in first-seen order -> sorted values
+        rank = np.empty(len(values), dtype=np.int64)
+        rank[order] = np.arange(len(values))
+        codes = rank[np.frombuffer(self.pair_codes, dtype=np.int32)] if len(values) else np.zeros(0, np.int64)
+        rows = np.frombuffer(self.pair_rows, dtype=np.int32)
+        by_value = np.lexsort((rows, codes))  # by value, then row
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(values)))]).astype(np.int64)
+        return ValuesColumn(values[order], ptr, rows[by_value].copy())
+
+
+class AttributeCollector:
+    """Gathers the filterable fields' raw values from catalog rows as they stream past the encoder.
+
+    collector = AttributeCollector(schema.item)
+    ids, vectors = encode_catalog(runner, collector.watch(rows))
+    attributes = collector.finish()
+    """
+
+    def __init__(self, tower: TowerSchema) -> None:
+        self.specs: tuple[FieldSpec, ...] = tuple(f for f in tower.filterable if f.kind in COLUMN_KINDS)
+        self._fields = [_Field(f) for f in self.specs]
+        self._n = 0
+
+    def watch(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+        for row in rows:
+            for f in self._fields:
+                value = row.get(f.spec.source)
+                f.add(self._n, f.spec.default if value is None else value)
+            self._n += 1
+            yield row
+
+    def finish(self) -> Attributes:
+        return Attributes(self._n, {f.spec.name: f.column() for f in self._fields})
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    try:
+        x = float(value)
+    except OverflowError:
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def _tokens(value: Any) -> list[str]:
+    """A value's strings: a list's string (or integer) members, or the scalar itself."""
+    items = value if isinstance(value, list | tuple) else [value]
+    return [str(v) for v in items if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))]
+
+
+def to_bytes(attributes: Attributes) -> bytes:
+    """The columns as one .npz (keys `<i>.<part>`, field names in the manifest's order)."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, col in enumerate(attributes.columns.values()):
+        if isinstance(col, ValuesColumn):
+            arrays.update({f"{i}.values": col.values, f"{i}.ptr": col.ptr, f"{i}.rows": col.rows})
+        elif isinstance(col, NumberColumn):
+            arrays[f"{i}.x"] = col.x
+        else:
+            arrays[f"{i}.b"] = col.b
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, described: Mapping[str, str], size: int, where: str) -> Attributes:
+    """Columns read back from `to_bytes` output; `described` is the manifest's field -> type."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"{where}: not a readable .npz file ({exc})") from exc
+    columns: dict[str, Column] = {}
+    try:
+        for i, (name, kind) in enumerate(described.items()):
+            col: Column
+            if kind == "values":
+                vc = ValuesColumn(arrays[f"{i}.values"], arrays[f"{i}.ptr"], arrays[f"{i}.rows"])
+                ok = vc.ptr.shape == (len(vc.values) + 1,) and (vc.rows.size == 0 or vc.rows.max() < size)
+                col = vc
+            elif kind == "number":
+                col = NumberColumn(arrays[f"{i}.x"])
+                ok = col.x.shape == (size,)
+            elif kind == "bool":
+                col = BoolColumn(arrays[f"{i}.b"])
+                ok = col.b.shape == (size,)
+            else:
+                raise ArtifactError(f"{where}: unknown column type {kind!r} for {name!r}")
+            if not ok:
+                raise ArtifactError(f"{where}: column {name!r} does not cover {size} rows")
+            for arr in vars(col).values():
+                arr.setflags(write=False)
+            columns[name] = col
+    except KeyError as exc:
+        raise ArtifactError(f"{where}: missing array {exc}") from exc
+    return Attributes(size, columns)

@@ -1,0 +1,103 @@
+"""A search restricted to the rows a filter keeps: inside the Faiss search, or an exact scan.
+
+A broad filter goes into the ANN search as an `IDSelectorBitmap` (Faiss skips rows outside it
+while it scans lists / walks the graph), with the build's tuned nprobe / efSearch. A selective
+filter leaves too few eligible rows in the probed lists or the visited graph nodes: the ANN answer
+comes back short or misses true neighbours, while an exact scan of the few eligible rows' stored
+vectors is cheap and exact. Which side a filter falls on is its measured selectivity (the
+`exact_below` share of the catalog, a setting). An ANN search that still returns fewer than
+min(k, eligible) rows falls back to the exact scan, so the count is always exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from index_store.build import EXACT, HNSW, IVF, pad_queries
+from index_store.threads import set_faiss_threads
+
+if TYPE_CHECKING:
+    from index_store.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+# A filter keeping a share p of the rows searches nprobe * p^-0.5 (IVF) or efSearch * p^-1 (HNSW):
+# the k eligible neighbours sit further out than the unfiltered k. Measured on 100k uniform 64-d
+# vectors (IVF316, tuned nprobe 189, 100 queries, recall@100 against exact filtered search, fallback
+# included): without widening 0.940 at p=0.5, 0.891 at 0.05, 0.830 at 0.01 (floor 0.95); with
+# p^-0.5, >= 0.994 at every p; p^-1 gave the same recall at up to twice the cost. HNSW (whose
+# selector filters results, not the walk) needed p^-1: 600 items, HNSW16, p~0.08, recall@10 0.805
+# at p^-0.5; at p^-1, 50k items HNSW32: 0.996 at p=0.5, 0.999 at 0.2.
+WIDEN_EXP = 0.5
+
+
+def search_filtered(
+    snap: Snapshot,
+    query: np.ndarray,
+    k: int,
+    banned: frozenset[int],
+    allowed: np.ndarray,
+    exact_below: float,
+) -> list[tuple[str, float]]:
+    """Top min(k, eligible) (item id, score) over the rows in `allowed` minus `banned`."""
+    if allowed.shape != (snap.size,) or allowed.dtype != np.bool_:
+        raise ValueError(f"allowed must be bool [{snap.size}], got {allowed.dtype} {allowed.shape}")
+    eligible = allowed
+    if banned:
+        eligible = allowed.copy()
+        eligible[list(banned)] = False
+    count = int(np.count_nonzero(eligible))
+    want = min(k, count)
+    if want == 0:
+        return []
+    if snap.kind == EXACT or count <= exact_below * snap.size:
+        return exact_scan(snap, query, eligible, count, want)
+    found = _ann(snap, query, eligible, want, count / snap.size)
+    if len(found) < want:
+        log.debug("filtered ANN search came back short (%d of %d): exact scan", len(found), want)
+        return exact_scan(snap, query, eligible, count, want)
+    return found
+
+
+def exact_scan(
+    snap: Snapshot, query: np.ndarray, eligible: np.ndarray, count: int, want: int
+) -> list[tuple[str, float]]:
+    """Exact top-`want` over the eligible rows' stored vectors."""
+    if count * 4 < snap.size:  # few rows: gather them (a copy of count x dim floats)
+        rows = np.flatnonzero(eligible)
+        scores = snap.vectors[rows] @ query
+    else:  # most rows: one product over all, the others masked (no copy of the matrix)
+        rows = np.arange(snap.size)
+        scores = snap.vectors @ query
+        scores[~eligible] = -np.inf
+    top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return list(zip(snap.ids[rows[top]].tolist(), scores[top].astype(float).tolist(), strict=True))
+
+
+def _ann(
+    snap: Snapshot, query: np.ndarray, eligible: np.ndarray, want: int, share: float
+) -> list[tuple[str, float]]:
+    widen = share**-WIDEN_EXP
+    bits = np.packbits(eligible, bitorder="little")  # bit i of byte i // 8 = row i, as Faiss reads it
+    selector = faiss.IDSelectorBitmap(snap.size, faiss.swig_ptr(bits))
+    params: Any
+    if snap.kind == IVF:
+        nprobe = math.ceil(snap.search_params.get("nprobe", 1) * widen)  # Faiss caps it at nlist
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # type: ignore[call-arg]
+    elif snap.kind == HNSW:
+        params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # missing from the stubs
+            sel=selector, efSearch=math.ceil(snap.search_params.get("efSearch", 16) / share)
+        )
+    else:
+        params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # stubs lack kwargs
+    set_faiss_threads(snap.threads)
+    iq = pad_queries(query.reshape(1, -1), snap.index.d)
+    scores, rows = snap.index.search(iq, want, params=params)
+    del bits  # the selector reads it during the search: keep it alive until here
+    keep = rows[0] >= 0
+    return list(zip(snap.ids[rows[0][keep]].tolist(), scores[0][keep].astype(float).tolist(), strict=True))

@@ -1,0 +1,236 @@
+"""Filters over attribute columns: every operator and column type against a brute-force filtered
+search over the same vectors, the exact count, validation errors naming the path, persistence."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, from_bytes, to_bytes
+from index_store.build import IndexConfig, recall_queries
+from index_store.filters import filter_mask
+from index_store.snapshot import Snapshot
+from index_store.store import MANIFEST, IndexStore
+from models.errors import ArtifactError, FeatureError
+from models.features import FieldSpec, TowerSchema
+from models.manifest import ModelManifest
+from tests.index_store.conftest import snapshot_of, unit_vectors
+
+N = 600
+BRANDS = ["acme", "bolt", "cora", "dyna", "eon"]
+TAGS = ["red", "blue", "green", "big", "small", "eco"]
+TOWER = TowerSchema(
+    side="item",
+    id_field="item_id",
+    fields=(
+        FieldSpec("item_id", "categorical", "item_id", vocab="item_id"),
+        FieldSpec("brand", "categorical", "brand", vocab="brand", filterable=True),
+        FieldSpec("tags", "multi_hot", "tags", vocab="tag", filterable=True),
+        FieldSpec("price", "numeric", "price", filterable=True),
+        FieldSpec("year", "bucket", "year", boundaries=(1990.0, 2000.0, 2010.0), filterable=True),
+        FieldSpec("in_stock", "categorical", "in_stock", vocab="flag", filterable=True),
+        FieldSpec("emb", "vector", "emb", dim=2, filterable=True),
+        FieldSpec("title", "hashed_words", "title", hash_size=100, max_len=4),
+    ),
+)
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Items with every kind of value, some missing (None / absent) so missing never passes."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {"item_id": f"i{i}", "title": "a thing"}
+        if i % 17:
+            row["brand"] = rng.choice(BRANDS)
+        if i % 13:
+            row["tags"] = rng.sample(TAGS, rng.randint(1, 3))
+        if i % 11:
+            row["price"] = round(rng.uniform(0, 100), 2)
+        if i % 19:
+            row["year"] = rng.randint(1980, 2020)
+        if i % 23:
+            row["in_stock"] = rng.random() < 0.7
+        rows.append(row)
+    return rows
+
+
+def passes(row: dict[str, Any], flt: dict[str, dict[str, Any]]) -> bool:
+    """The reference semantics, written plainly over the raw rows."""
+    for name, ops in flt.items():
+        value = row.get(name)
+        for op, arg in ops.items():
+            if op in ("any", "all", "none"):
+                have = set(value if isinstance(value, list) else [] if value is None else [value])
+                ok = {
+                    "any": bool(have & set(arg)),
+                    "all": set(arg) <= have,
+                    "none": not have & set(arg),
+                }[op]
+            elif isinstance(arg, bool):
+                ok = value is arg
+            else:
+                ok = (
+                    value is not None
+                    and {
+                        "gt": value > arg,
+                        "gte": value >= arg,
+                        "lt": value < arg,
+                        "lte": value <= arg,
+                        "eq": value == arg,
+                    }[op]
+                )
+            if not ok:
+                return False
+    return True
+
+
+def with_attributes(snap: Snapshot, rows: list[dict[str, Any]]) -> Snapshot:
+    collector = AttributeCollector(TOWER)
+    list(collector.watch(rows))
+    return dataclasses.replace(snap, attributes=collector.finish())
+
+
+def brute(
+    vectors: np.ndarray, ids: list[str], q: np.ndarray, k: int, keep: Callable[[int], bool]
+) -> list[tuple[str, float]]:
+    scores = vectors @ q
+    rows = sorted((r for r in range(len(ids)) if keep(r)), key=lambda r: -scores[r])[:k]
+    return [(ids[r], float(scores[r])) for r in rows]
+
+
+FILTERS: list[dict[str, dict[str, Any]]] = [
+    {"brand": {"any": ["acme", "cora"]}},
+    {"brand": {"none": ["acme"]}},
+    {"brand": {"all": ["bolt"]}},
+    {"tags": {"any": ["red", "eco"]}},
+    {"tags": {"all": ["red", "big"]}},
+    {"tags": {"none": ["blue", "green"]}},
+    {"tags": {"any": ["no-such-tag"]}},  # a value no item has: nothing passes
+    {"tags": {"all": ["red", "no-such-tag"]}},
+    {"price": {"gt": 20, "lte": 60.5}},
+    {"price": {"gte": 99.0}},
+    {"price": {"lt": 3}},
+    {"price": {"eq": 50}},
+    {"year": {"gte": 1990, "lt": 2000}},
+    {"year": {"eq": 2001}},
+    {"in_stock": {"eq": True}},
+    {"in_stock": {"eq": False}},
+    {"brand": {"any": ["dyna"]}, "tags": {"none": ["small"]}, "price": {"lt": 70}, "in_stock": {"eq": True}},
+]
+
+
+@pytest.mark.parametrize("flt", FILTERS, ids=lambda f: json.dumps(f, sort_keys=True))
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+def test_filtered_search_is_exact_on_a_small_catalog(flt: dict[str, Any], kind: str) -> None:
+    rows = make_rows(N)
+    vectors = unit_vectors(N, 16, seed=3, clusters=8)
+    ids = [r["item_id"] for r in rows]
+    config = IndexConfig(exact_threshold=N if kind == "exact" else 0, recall_floor=0.9, recall_k=10)
+    if kind == "hnsw":
+        config = dataclasses.replace(config, ann_factory="HNSW16")
+    snap = with_attributes(snapshot_of(vectors, config, ids=ids), rows)
+    assert snap.kind == kind
+    mask = filter_mask(flt, TOWER, snap.attributes)  # type: ignore[arg-type]
+    assert mask is not None
+    expected_rows = [i for i, r in enumerate(rows) if passes(r, flt)]
+    assert np.flatnonzero(mask).tolist() == expected_rows
+    excluded = {ids[r] for r in expected_rows[:3]}
+    recalls = []
+    for q in recall_queries(vectors, dataclasses.replace(config, sample_queries=20, seed=5)):
+        for k in (1, 10, 500):
+            got = snap.search(q, k, [excluded], allowed=mask, exact_below=0.02)[0]
+            want = brute(vectors, ids, q, k, lambda r: bool(mask[r]) and ids[r] not in excluded)
+            assert len(got) == len(want) == min(k, len(expected_rows) - len(excluded & set(ids)))
+            assert all(passes(rows[int(i[1:])], flt) and i not in excluded for i, _ in got)
+            scores = [s for _, s in got]
+            assert scores == sorted(scores, reverse=True)
+            if kind == "exact":  # the same scores in the same order (ids may differ on ties)
+                assert np.allclose(scores, [s for _, s in want], atol=1e-5)
+            elif want and k == config.recall_k:
+                recalls.append(sum(s >= want[-1][1] - 1e-5 for s in scores) / len(want))
+    if recalls:  # an ANN index: at its floor (recall@recall_k) against the exact filtered search
+        assert np.mean(recalls) >= config.recall_floor
+
+
+@pytest.mark.parametrize(
+    ("flt", "path", "says"),
+    [
+        ({"colour": {"any": ["red"]}}, "filter.colour", "unknown item field"),
+        ({"item_id": {"any": ["i1"]}}, "filter.item_id", "unknown item field"),
+        ({"title": {"any": ["a"]}}, "filter.title", "not filterable"),
+        ({"emb": {"gt": 1}}, "filter.emb", "cannot be filtered"),
+        ({"brand": {"gt": 1}}, "filter.brand.gt", "unknown operator"),
+        ({"price": {"any": ["1"]}}, "filter.price.any", "unknown operator"),
+        ({"in_stock": {"any": ["x"]}}, "filter.in_stock.any", "unknown operator"),
+        ({"brand": {"any": "acme"}}, "filter.brand.any", "list of strings"),
+        ({"brand": {"any": []}}, "filter.brand.any", "non-empty"),
+        ({"tags": {"all": ["red", 3]}}, "filter.tags.all.1", "expected a string"),
+        ({"price": {"gt": "10"}}, "filter.price.gt", "expected a number"),
+        ({"price": {"gt": True}}, "filter.price.gt", "expected a number"),
+        ({"price": {"lt": 10**400}}, "filter.price.lt", "finite"),
+        ({"in_stock": {"eq": 1}}, "filter.in_stock.eq", "true or false"),
+        ({"brand": {}}, "filter.brand", "operator"),
+        ({"brand": ["acme"]}, "filter.brand", "operator"),
+        ({"brand": {"any": ["x"] * 1001}}, "filter.brand.any", "at most 1000"),
+    ],
+)
+def test_bad_filters_name_the_path(flt: dict[str, Any], path: str, says: str) -> None:
+    collector = AttributeCollector(TOWER)
+    list(collector.watch(make_rows(50)))
+    with pytest.raises(FeatureError) as err:
+        filter_mask(flt, TOWER, collector.finish())
+    assert err.value.field == path
+    assert says in err.value.message
+
+
+def test_columns_round_trip_and_types() -> None:
+    collector = AttributeCollector(TOWER)
+    rows = make_rows(200)
+    assert list(collector.watch(rows)) == rows  # rows pass through unchanged, in order
+    attrs = collector.finish()
+    assert attrs.describe() == {
+        "brand": "values",
+        "tags": "values",
+        "price": "number",
+        "year": "number",
+        "in_stock": "bool",
+    }
+    back = from_bytes(to_bytes(attrs), attrs.describe(), 200, "x")
+    for flt in FILTERS:
+        a, b = filter_mask(flt, TOWER, attrs), filter_mask(flt, TOWER, back)
+        assert a is not None and b is not None and np.array_equal(a, b)
+    assert math.isnan(float(back.columns["price"].x[0]))  # type: ignore[union-attr]  # row 0: no price
+    with pytest.raises(ArtifactError, match="does not cover"):
+        from_bytes(to_bytes(attrs), attrs.describe(), 201, "x")
+
+
+def test_columns_persist_with_the_build_and_are_checked(
+    tmp_path: Path, model_store: Path, demo_version: str, manifest: ModelManifest, catalog: Any
+) -> None:
+    store = IndexStore(tmp_path / "index")
+    rows = list(catalog(300))
+    build = store.build(model_store, demo_version, rows, IndexConfig())
+    snap = store.load(demo_version, manifest)
+    assert snap.attributes is not None
+    assert snap.attributes.describe() == {"genres": "values", "release_year": "number"}
+    bdir = tmp_path / "index" / demo_version / build
+    written = json.loads((bdir / MANIFEST).read_text())
+    assert ATTRIBUTES_FILE in written["files"] and written["attributes"] == snap.attributes.describe()
+    mask = filter_mask({"genres": {"any": ["Comedy"]}}, manifest.features.item, snap.attributes)
+    assert mask is not None
+    assert np.flatnonzero(mask).tolist() == [i for i, r in enumerate(rows) if "Comedy" in r["genres"]]
+    # a changed column file is refused like any other file of the build
+    data = bytearray((bdir / ATTRIBUTES_FILE).read_bytes())
+    data[-40] ^= 0xFF
+    (bdir / ATTRIBUTES_FILE).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        store.load(demo_version, manifest, build)

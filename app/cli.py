@@ -40,7 +40,14 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from app.state.load import load_into_redis
+    from app.catalog import data_schema, describe, version_schema
+    from app.state import ALIAS_FILE
+    from app.state.aliases import AliasFile
+    from app.state.load import load_into_redis, redis_aliases
+    from models.data import HasTowers
+    from models.layout import DataLayout
+    from models.manifest import list_versions
+    from models.schema import load_schema
 
     settings = load_settings()
     if not settings.redis_url:
@@ -49,8 +56,24 @@ def cmd_load(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    users, items = load_into_redis(settings.redis_url, Path(args.data), settings.redis_prefix)
-    print(f"loaded {users} users and {items} items into {settings.redis_url.split('@')[-1]}")
+    schema: HasTowers | None
+    if args.schema:
+        schema, whose = load_schema(args.schema), f"schema {args.schema}"
+    elif args.model_version:
+        tag = args.model_version
+        if tag not in list_versions(Path(settings.model_store)):  # an alias names a version too
+            tag = redis_aliases(settings.redis_url, settings.redis_prefix).get(tag, tag)
+        schema, whose = version_schema(settings, tag), f"model version {tag}"
+    else:
+        aliases = redis_aliases(settings.redis_url, settings.redis_prefix)
+        if not aliases:  # a Redis restarted empty: the mirror beside the index store still knows
+            aliases = AliasFile(Path(settings.index_store) / ALIAS_FILE).read() or {}
+        schema = data_schema(settings, aliases)
+        whose = "the served model versions" if schema is not None else "no model version: the defaults"
+    layout = schema.layout if schema is not None else DataLayout()
+    log.info("reading %s with the names of %s: %s", args.data, whose, describe(layout))
+    users, items = load_into_redis(settings.redis_url, Path(args.data), settings.redis_prefix, schema=schema)
+    print(f"loaded {users} users and {items} items into {settings.redis_url.split('@')[-1]} ({whose})")
     return 0
 
 
@@ -86,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.register_import(sub, lambda: load_settings().model_store)
 
     p = sub.add_parser("load", help="load user features and the item catalog into Redis")
-    p.add_argument("--data", required=True, help="a data directory in the project's format")
+    p.add_argument("--data", required=True, help="a data directory (Parquet, CSV or JSON lines)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--schema", help="read the files with this schema file's names")
+    which.add_argument(
+        "--model-version",
+        help="read them with this version's (or alias's) names (default: the served versions')",
+    )
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("reindex", help="build, verify and activate an index (same code path as the worker)")

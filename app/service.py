@@ -174,7 +174,10 @@ class Service:
             seen = await anyio.to_thread.run_sync(_fingerprint, store / tag)
             if self._model_refused.get(tag) == seen:
                 continue
-            if await anyio.to_thread.run_sync(self._try_load_version, tag) is not None:
+            served = await anyio.to_thread.run_sync(self._try_load_version, tag)
+            if served is not None:
+                # The in-process store read the data files before this version existed.
+                await anyio.to_thread.run_sync(self.store.version_added, tag, served.manifest.features.layout)
                 found.append(tag)
         return found
 

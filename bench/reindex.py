@@ -44,7 +44,7 @@ def peak_rss_mb() -> float:
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
-    from app.catalog import iter_catalog_file, sample_users
+    from app.catalog import iter_catalog_file, sample_users, version_schema
     from app.settings import Settings
     from index_store.build import IndexConfig
     from index_store.store import IndexStore
@@ -60,16 +60,19 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         if not first_item:
             first_item.append(time.monotonic())
 
+    # The data read with the version's names, as `twotower reindex` reads it.
+    settings = Settings(data_dir=Path(args.data), model_store=Path(args.model_store), redis_url=None)
+    schema = version_schema(settings, args.version)
     started = time.monotonic()
     cpu0 = time.process_time()
     build_id = store.build(
         Path(args.model_store),
         args.version,
-        iter_catalog_file(Path(args.data)),
+        iter_catalog_file(Path(args.data), schema, keep_others=False),
         config,
         progress=progress,
         # the recall floor is tuned on users through the user tower, as `twotower reindex` does
-        users=sample_users(Settings(data_dir=Path(args.data)), config.sample_queries),
+        users=sample_users(settings, config.sample_queries, schema),
     )
     wall = time.monotonic() - started
     manifest = json.loads((Path(args.index_store) / args.version / build_id / "manifest.json").read_text())

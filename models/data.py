@@ -10,8 +10,9 @@ by the kind of the field that reads them, so the three formats give the same row
   cell such a list is JSON (`["Comedy", "Drama"]`, `[0.1, 0.2]`);
 - an empty CSV cell, a JSON `null` and a Parquet null are a missing value.
 
-Without a schema (the service's in-process store when it is given only a data directory), CSV
-cells that parse as JSON numbers or lists are read as such and everything else stays text.
+Without a schema (no model version to take the names from), and for the columns a schema does not
+read when a feature store keeps them (`keep_others`), CSV cells that parse as JSON numbers or
+lists are read as such and everything else stays text.
 Every error is a DataError naming the file, the row and the column.
 """
 
@@ -125,13 +126,18 @@ def iter_rows(
     path: Path,
     columns: Mapping[str, tuple[Column, FieldSpec | None]] | None = None,
     text: Collection[str] = (),
+    keep_others: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Stream (location, row) from one file. With `columns`, rows hold exactly those columns,
     converted (None = missing); a column the file lacks is an error unless its field has a
-    default. Without, rows hold every column as read (CSV cells inferred, except `text` columns)."""
+    default. Without, rows hold every column as read (CSV cells inferred, except `text` columns).
+    `keep_others`: with `columns`, rows also hold every other column as read (a feature store
+    serves versions whose schemas read different columns of the same file). `labels` say what a
+    column is in the error for a file that lacks it (default: the id column, or the field)."""
     suffix = path.suffix
     if suffix == ".parquet":
-        raw = _parquet(path, list(columns) if columns else None)
+        raw = _parquet(path, list(columns) if columns and not keep_others else None)
     elif suffix == ".csv":
         raw = _csv(path)
     elif suffix == ".jsonl":
@@ -143,12 +149,16 @@ def iter_rows(
     header_checked = False
     for where, row, header in raw:
         if columns is not None and header is not None and not header_checked:
-            _check_header(path, header, columns)
+            _check_header(path, header, columns, labels or {})
             header_checked = True
         if columns is None:
             yield where, {k: v if k in text else _infer(v) for k, v in row.items()} if is_csv else row
             continue
         out: dict[str, Any] = {}
+        if keep_others:
+            out = {
+                k: _infer(v) if is_csv and k not in text else v for k, v in row.items() if k not in columns
+            }
         for col, (ctype, spec) in columns.items():
             if col in row:
                 seen.add(col)
@@ -156,16 +166,23 @@ def iter_rows(
         yield where, out
     if columns is not None and suffix == ".jsonl" and seen:
         # JSON lines have no header: a key that no row carries (even as null) is the same mistake
-        _check_header(path, seen, columns)
+        _check_header(path, seen, columns, labels or {})
 
 
-def _check_header(path: Path, header: Any, columns: Mapping[str, tuple[Column, FieldSpec | None]]) -> None:
+def _check_header(
+    path: Path,
+    header: Any,
+    columns: Mapping[str, tuple[Column, FieldSpec | None]],
+    labels: Mapping[str, str],
+) -> None:
     for col, (ctype, spec) in columns.items():
         if col in header:
             continue
         if spec is not None and spec.default is not None:
             continue
-        what = "the id column" if ctype == "id" else f"field {spec.name!r}" if spec else col
+        what = labels.get(col) or (
+            "the id column" if ctype == "id" else f"field {spec.name!r}" if spec else col
+        )
         raise DataError(f"{path}: no column {col!r} ({what}); columns are {sorted(header)}")
 
 
@@ -329,11 +346,17 @@ def _timestamp(value: Any, where: str, col: str) -> float:
 # --------------------------------------------------------------------------- tables
 
 
-def read_table(path: Path, tower: TowerSchema | None, id_column: str) -> dict[str, dict[str, Any]]:
+def read_table(
+    path: Path, tower: TowerSchema | None, id_column: str, keep_others: bool = False
+) -> dict[str, dict[str, Any]]:
     """{id: row} of a users or items file; a missing or duplicate id names the row."""
     out: dict[str, dict[str, Any]] = {}
-    columns = columns_of(tower) if tower is not None else None
-    for where, row in iter_rows(path, columns, text=(id_column,)):
+    columns: dict[str, tuple[Column, FieldSpec | None]] = (
+        columns_of(tower) if tower is not None else {id_column: ("id", None)}
+    )
+    # Without a tower only the id column is checked (and converted): every column is kept.
+    keep_others = keep_others or tower is None
+    for where, row in iter_rows(path, columns, text=(id_column,), keep_others=keep_others):
         rid = row.get(id_column)
         if isinstance(rid, int) and not isinstance(rid, bool):
             rid = row[id_column] = str(rid)
@@ -359,7 +382,13 @@ def read_interactions(
     }
     out: list[Interaction] = []
     ts_col = layout.timestamp
-    for n, (where, row) in enumerate(iter_rows(path, cols | ({ts_col: ("any", None)} if ts_col else {}))):
+    labels = {
+        layout.inter_user: "the interactions' user column",
+        layout.inter_item: "the interactions' item column",
+        **({ts_col: "the interactions' timestamp column"} if ts_col else {}),
+    }
+    read = iter_rows(path, cols | ({ts_col: ("any", None)} if ts_col else {}), labels=labels)
+    for n, (where, row) in enumerate(read):
         uid, iid = row[layout.inter_user], row[layout.inter_item]
         if uid is None or iid is None:
             raise DataError(f"{where}: a user and an item are required, got {uid!r}, {iid!r}")
@@ -393,12 +422,19 @@ def load_dataset(data_dir: Path, schema: HasTowers) -> Dataset:
 
 
 def user_rows(
-    data_dir: Path, layout: DataLayout | None = None, schema: HasTowers | None = None
+    data_dir: Path,
+    layout: DataLayout | None = None,
+    schema: HasTowers | None = None,
+    keep_others: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """What a feature store keeps per user: {user_id: features, with every history key holding the
-    user's items in time order}. The id is the key, not a feature."""
+    user's items in time order}. The id is the key, not a feature. With a schema, its layout names
+    the tables and columns and its user fields are checked and converted; `keep_others` keeps the
+    columns it does not read as well."""
     layout = schema.layout if schema is not None else (layout or DataLayout())
-    users = read_table(table_path(data_dir, layout.users), schema.user if schema else None, layout.user_id)
+    users = read_table(
+        table_path(data_dir, layout.users), schema.user if schema else None, layout.user_id, keep_others
+    )
     events = read_interactions(table_path(data_dir, layout.interactions), layout)
     for row in users.values():
         row.pop(layout.user_id, None)
@@ -414,13 +450,20 @@ def user_rows(
 
 
 def catalog_rows(
-    data_dir: Path, layout: DataLayout | None = None, schema: HasTowers | None = None
+    data_dir: Path,
+    layout: DataLayout | None = None,
+    schema: HasTowers | None = None,
+    keep_others: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Stream the items table (id included, as a string): the catalog an index build encodes."""
+    """Stream the items table (id included, as a string): the catalog an index build encodes.
+    With a schema, as `user_rows`."""
     layout = schema.layout if schema is not None else (layout or DataLayout())
     path = table_path(data_dir, layout.items)
-    columns = columns_of(schema.item) if schema is not None else None
-    for where, row in iter_rows(path, columns, text=(layout.item_id,)):
+    columns: dict[str, tuple[Column, FieldSpec | None]] = (
+        columns_of(schema.item) if schema is not None else {layout.item_id: ("id", None)}
+    )
+    keep_others = keep_others or schema is None
+    for where, row in iter_rows(path, columns, text=(layout.item_id,), keep_others=keep_others):
         rid = row.get(layout.item_id)
         if isinstance(rid, int) and not isinstance(rid, bool):
             row[layout.item_id] = str(rid)

@@ -17,7 +17,8 @@ from typing import Any
 
 from app.reindex import child
 from app.settings import Settings
-from models.errors import BuildRefused, TwoTowerError
+from models.data import HasTowers
+from models.errors import BuildRefused, DataError, TwoTowerError
 
 log = logging.getLogger("twotower")
 BUILD_LOCK = ".build.lock"
@@ -39,18 +40,33 @@ def index_config(settings: Settings) -> Any:
     return dataclasses.replace(config, ann_factory=s.ann_factory) if s.ann_factory else config
 
 
-def catalog(settings: Settings) -> Iterator[dict[str, Any]]:
+def catalog(settings: Settings, schema: HasTowers) -> Iterator[dict[str, Any]]:
+    """The catalog a build of one version encodes: Redis's (as `twotower load` wrote it), else the
+    items table of the data files, read with that version's schema (its names, its columns)."""
     from app.catalog import iter_catalog_file
     from app.state import RedisStore
 
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix).iter_catalog()
+        rows = RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_prefix).iter_catalog()
+        return _named(rows, schema.layout.item_id)
     if settings.data_dir is None:
         raise TwoTowerError("no catalog: set TWOTOWER_DATA_DIR or TWOTOWER_REDIS_URL")
-    return iter_catalog_file(Path(settings.data_dir))
+    return iter_catalog_file(Path(settings.data_dir), schema, keep_others=False)
 
 
-def changed_catalog(settings: Settings, id_field: str) -> tuple[Iterator[Mapping[str, Any]], int]:
+def _named(rows: Iterator[dict[str, Any]], id_column: str) -> Iterator[dict[str, Any]]:
+    """Redis's catalog holds rows under the names `twotower load` read them with: a version whose
+    item id column is another one cannot use it, and the message says what to do."""
+    for n, row in enumerate(rows):
+        if n == 0 and id_column not in row:
+            raise DataError(
+                f"the catalog in Redis has no column {id_column!r} (this version's item id; its rows "
+                f"have {sorted(row)}): load the data with `twotower load --model-version` this version"
+            )
+        yield row
+
+
+def changed_catalog(settings: Settings, schema: HasTowers) -> tuple[Iterator[Mapping[str, Any]], int]:
     """The catalog with the change log folded in, and the last change folded (the build records
     it; a replica that swaps the build in drops its pending changes up to it, keeps the later)."""
     from app.state.changes import CHANGES_FILE, FileChangeLog, fold, read_changes_sync
@@ -60,7 +76,7 @@ def changed_catalog(settings: Settings, id_field: str) -> tuple[Iterator[Mapping
     else:
         changes = FileChangeLog(Path(settings.index_store) / CHANGES_FILE).read_since(0)
     last = max((int(c["seq"]) for c in changes), default=0)
-    return fold(catalog(settings), changes, id_field), last
+    return fold(catalog(settings, schema), changes, schema.item.id_field), last
 
 
 def reindex(
@@ -73,12 +89,12 @@ def reindex(
     allow_shrink: bool = False,
 ) -> int:
     """Build, verify and publish; returns the process exit code."""
-    from app.catalog import sample_users
+    from app.catalog import sample_users, version_schema
     from app.state import RedisStore
     from app.state.locks import SyncLock, file_lock
     from index_store.store import IndexStore
     from index_store.threads import set_faiss_threads
-    from models.manifest import list_versions, load_version
+    from models.manifest import list_versions
 
     if json_progress:  # a worker's child: die with the worker, yield the CPU to requests
         child.watch_parent()
@@ -98,6 +114,7 @@ def reindex(
         if if_missing and store.current_build(version) is not None:
             print(f"{version}: build {store.current_build(version)} is current; nothing to do")
             continue
+        schema = version_schema(settings, version)  # the names this version's data files use
 
         def progress(n: int, version: str = version) -> None:
             if json_progress:
@@ -135,8 +152,7 @@ def reindex(
                 path = Path(settings.index_store) / version / BUILD_LOCK
                 stack.enter_context(file_lock(path, on_wait=waiting))
 
-            id_field = load_version(Path(settings.model_store), version).features.item.id_field
-            rows, last_change = changed_catalog(settings, id_field)
+            rows, last_change = changed_catalog(settings, schema)
             published = store.build(
                 Path(settings.model_store),
                 version,
@@ -145,7 +161,7 @@ def reindex(
                 fence=fence,
                 build_id=build_id,
                 progress=progress,
-                users=sample_users(settings, index_config(settings).sample_queries),
+                users=sample_users(settings, index_config(settings).sample_queries, schema),
                 allow_shrink=allow_shrink,
                 extra_manifest={"changes_seq": last_change},
             )

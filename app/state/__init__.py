@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from app.catalog import data_schema
 from app.settings import Settings
+from app.state.aliases import AliasFile
 from app.state.base import FeatureStore
 from app.state.local import LocalStore
 from app.state.redis_store import RedisStore
@@ -27,4 +29,6 @@ def make_store(settings: Settings, on_error: Callable[[str], None] | None = None
             on_error,
             alias_file=Path(settings.index_store) / ALIAS_FILE,
         )
-    return LocalStore(settings.data_dir, Path(settings.index_store) / ALIAS_FILE).load()
+    alias_file = Path(settings.index_store) / ALIAS_FILE
+    schema = data_schema(settings, AliasFile(alias_file).read()) if settings.data_dir is not None else None
+    return LocalStore(settings.data_dir, alias_file, schema).load()

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
+from models.layout import DataLayout
+
 
 def text(raw: Any) -> str | None:
     """A Redis reply (bytes, as the client is not set to decode) as text."""
@@ -26,6 +28,11 @@ class FeatureStore(ABC):
 
     @abstractmethod
     async def get_user(self, user_id: str) -> dict[str, Any] | None: ...
+
+    def version_added(self, tag: str, layout: DataLayout) -> None:
+        """A model version loaded after start (its data layout): a store that read the data files
+        itself makes its rows fit it where it can. Redis holds what `twotower load` wrote."""
+        return None
 
     @abstractmethod
     async def aliases(self) -> dict[str, str]: ...

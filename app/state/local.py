@@ -6,17 +6,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from app.catalog import iter_catalog_file, read_users
+from app.catalog import describe, iter_catalog_file, read_users
 from app.state.aliases import AliasFile
 from app.state.base import FeatureStore
 from app.state.changes import CHANGES_FILE, FileChangeLog
 from app.state.locks import MemoryLocks
-from models.data import has_table
+from models.data import HasTowers, has_table
 from models.errors import StoreUnavailable
 from models.layout import DataLayout
 
@@ -28,8 +29,11 @@ class LocalStore(FeatureStore):
 
     kind = "local"
 
-    def __init__(self, data_dir: Path | None, alias_file: Path) -> None:
+    def __init__(self, data_dir: Path | None, alias_file: Path, schema: HasTowers | None = None) -> None:
         self.data_dir = data_dir
+        # Whose names the data files use (app.catalog.data_schema); None: the default layout.
+        self.schema = schema
+        self.layout = schema.layout if schema is not None else DataLayout()  # what the rows hold
         self.alias_file = alias_file
         self._alias_record = AliasFile(alias_file)
         self.users: dict[str, dict[str, Any]] = {}
@@ -44,8 +48,10 @@ class LocalStore(FeatureStore):
         self.changes = FileChangeLog(alias_file.parent / CHANGES_FILE)  # beside the index store
 
     def load(self) -> LocalStore:
-        if self.data_dir is not None and has_table(self.data_dir, DataLayout().users):
-            self.users = read_users(self.data_dir)
+        layout = self.layout
+        if self.data_dir is not None and has_table(self.data_dir, layout.users):
+            self.users = read_users(self.data_dir, self.schema)
+            log.info("%d users from %s: %s", len(self.users), self.data_dir, describe(layout))
         elif self.data_dir is not None:
             log.warning("no data files in %s: every user is served cold", self.data_dir)
         self._aliases = self._alias_record.read() or {}
@@ -53,6 +59,32 @@ class LocalStore(FeatureStore):
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
         return self.users.get(user_id)
+
+    def version_added(self, tag: str, layout: DataLayout) -> None:
+        """The same files under another history key: each user's history under that key too (the
+        same list). Other tables or columns: a warning, the rows stay as read (a restart reads the
+        files as app.catalog.data_schema decides)."""
+        mine = self.layout
+        if self.data_dir is None or not self.users:
+            return
+        if replace(layout, history=()) != replace(mine, history=()) or not mine.history:
+            log.warning(
+                "model version %s reads the data files otherwise (%s) than this store read them (%s): "
+                "it is served from these rows until a restart",
+                tag,
+                describe(layout),
+                describe(mine),
+            )
+            return
+        new = [k for k in layout.history if k not in mine.history]
+        if not new:
+            return
+        for row in self.users.values():
+            history = row.get(mine.history[0], [])
+            for key in new:
+                row[key] = history
+        self.layout = replace(mine, history=(*mine.history, *new))
+        log.info("model version %s: histories under %s too", tag, ", ".join(repr(k) for k in new))
 
     async def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
@@ -182,4 +214,4 @@ class LocalStore(FeatureStore):
     def iter_catalog(self) -> Iterator[dict[str, Any]]:
         if self.data_dir is None:
             return iter(())
-        return iter_catalog_file(self.data_dir)
+        return iter_catalog_file(self.data_dir, self.schema)

@@ -1,11 +1,13 @@
-"""Generate the shop example's data: items.parquet, users.csv, interactions.jsonl.
+"""Generate the shop example's data: products.parquet, customers.csv, purchases.jsonl.
 
     python examples/shop/generate.py --out data/shop [--users 600] [--items 400] [--seed 0]
 
 A made-up shop with a hidden taste structure the towers can learn: every item has a style, which
 shapes its brand, tags, price and precomputed text embedding (`text_emb`, 16 floats); every user
 prefers a style, which shapes their country, and buys mostly items of that style over time. The
-three tables use the three formats the reader accepts, so the example exercises each of them.
+three tables use the three formats the reader accepts, so the example exercises each of them,
+and none of the default names (users/items/interactions, user_id/item_id/timestamp): the schema
+names them.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def generate(out: Path, n_users: int = 600, n_items: int = 400, seed: int = 0, p
         by_style[style].append(item_id)
         items.append(
             {
-                "item_id": item_id,
+                "sku": item_id,
                 "brand": rng.choice(BRANDS[style]) if rng.random() > 0.05 else None,  # some unbranded
                 "price": round(PRICE[style] * math.exp(rng.gauss(0.0, 0.4)), 2),
                 "text_emb": [round(c + rng.gauss(0.0, 0.5), 4) for c in centroids[style]],
@@ -55,14 +57,14 @@ def generate(out: Path, n_users: int = 600, n_items: int = 400, seed: int = 0, p
                 "title": f"{style} {rng.choice(WORDS)} {rng.choice(WORDS)}",
             }
         )
-    pq.write_table(pa.Table.from_pylist(items), out / "items.parquet")
+    pq.write_table(pa.Table.from_pylist(items), out / "products.parquet")
 
     with (
-        open(out / "users.csv", "w", newline="", encoding="utf-8") as fu,
-        open(out / "interactions.jsonl", "w", encoding="utf-8") as fi,
+        open(out / "customers.csv", "w", newline="", encoding="utf-8") as fu,
+        open(out / "purchases.jsonl", "w", encoding="utf-8") as fi,
     ):
         w = csv.writer(fu, lineterminator="\n")
-        w.writerow(("user_id", "country", "age"))
+        w.writerow(("customer", "country", "age"))
         ts = START
         for u in range(n_users):
             style = STYLES[rng.randrange(len(STYLES))]
@@ -73,9 +75,7 @@ def generate(out: Path, n_users: int = 600, n_items: int = 400, seed: int = 0, p
             for _ in range(per_user):
                 pool = by_style[style] if rng.random() < 0.85 else by_style[rng.choice(STYLES)]
                 ts += rng.randint(1, 600)
-                fi.write(
-                    json.dumps({"user_id": f"u{u:05d}", "item_id": rng.choice(pool), "timestamp": ts}) + "\n"
-                )
+                fi.write(json.dumps({"customer": f"u{u:05d}", "sku": rng.choice(pool), "at": ts}) + "\n")
 
 
 def main() -> None:

@@ -83,18 +83,16 @@ def test_every_kind_is_generated_from_the_schema(tmp_path: Path) -> None:
     by the manifest alone."""
     sf = load_schema(ROOT / "examples" / "shop" / "schema.toml")
     schema = sf.learn(
-        [{"user_id": f"u{i}", "history": [f"i{i}"]} for i in range(30)],
-        [
-            {"item_id": f"i{i}", "brand": f"b{i % 4}", "price": 10.0 + i, "tags": [f"t{i % 5}"]}
-            for i in range(30)
-        ],
+        [{"customer": f"u{i}", "bought": [f"i{i}"]} for i in range(30)],
+        [{"sku": f"i{i}", "brand": f"b{i % 4}", "price": 10.0 + i, "tags": [f"t{i % 5}"]} for i in range(30)],
     )
     shop = ModelManifest(version="shop", dim=8, similarity="cosine", features=schema, files={})
     assert {f.kind for _, f in sf.fields} | {"bucket"} == set(KINDS)
     check_rows_fit(shop, n_items=300, n_users=100)
     counts = write_data_dir(tmp_path, shop, n_items=50, n_users=10, seed=1)
     assert counts == {"items": 50, "users": 10}
-    assert [r["item_id"] for r in iter_catalog_file(tmp_path)][:3] == ["i0", "i1", "i10"]  # known ids first
+    # under the shop's own names (products, sku), as the version's manifest says; known ids first
+    assert [r["sku"] for r in iter_catalog_file(tmp_path, schema)][:3] == ["i0", "i1", "i10"]
     price = [r["price"] for r in synthetic_items(shop, 2000)]
     mean = schema.item.field("price").mean
     assert mean is not None and abs(float(np.mean(np.log1p(price))) - mean) < 0.1  # learned statistics

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
@@ -30,8 +31,6 @@ from torch import nn  # noqa: E402
 
 from app.main import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from index_store.build import IndexConfig  # noqa: E402
-from index_store.store import IndexStore  # noqa: E402
 from models.features import TowerEncoder  # noqa: E402
 from models.manifest import list_versions, load_version  # noqa: E402
 
@@ -42,14 +41,20 @@ DIM = 16
 N_USERS, N_ITEMS, TAGS = 12, 150, ["new", "sale", "eco", "kids", "pro"]
 EMB = 8
 
-SCHEMA_OWN = """
-format = 1
+# Where the data files of the own-names schema are, and their columns: none of the default names.
+OWN_FILES = """
+[data]
+users = "people"
+items = "catalogue"
+interactions = "orders"
 
 [interactions]
-user = "customer"
-item = "sku"
-timestamp = "timestamp"
+user = "who"
+item = "what"
+timestamp = "when"
+"""
 
+TOWERS_OWN = """
 [user]
 id = "customer"
 
@@ -97,9 +102,14 @@ kind = "multi_hot"
 vocab_file = "vocab/tags.txt"
 """
 
-# The same schema under the default names: the data files and the service's stores use these.
+SCHEMA_OWN = "format = 1\n" + OWN_FILES + TOWERS_OWN
+
+# The same towers under the default names, with the default data files (users, items,
+# interactions; user_id, item_id, timestamp).
 RENAME = {"customer": "user_id", "sku": "item_id", "purchases": "history"}
-SCHEMA = SCHEMA_OWN.replace("customers.txt", "user_id.txt").replace("skus.txt", "item_id.txt")
+SCHEMA = 'format = 1\n\n[interactions]\ntimestamp = "timestamp"\n' + TOWERS_OWN.replace(
+    "customers.txt", "user_id.txt"
+).replace("skus.txt", "item_id.txt")
 for _own, _default in RENAME.items():
     SCHEMA = SCHEMA.replace(f'"{_own}"', f'"{_default}"')
 
@@ -414,58 +424,248 @@ def test_import_reindex_serve(
         assert max(s for _, s in recalled) <= 1.0 + 1e-5
 
 
-def test_own_names_are_served(work: Path, towers: dict[str, Any], tmp_path: Path) -> None:
-    """Ids and history under the schema's own names ("customer", "sku", "purchases"): the service
-    puts the request's ids and reads the history under those names, so /recall excludes the
-    purchases and /score with an item's features gives the score the index holds for it."""
-    store, index, tag = tmp_path / "models", tmp_path / "index", "own-dot"
+# --- the schema's own names in the data files too: people, catalogue, orders ---------------------
+
+OWN_COLUMNS = {
+    "people": {"user_id": "customer"},
+    "catalogue": {"item_id": "sku"},
+    "orders": {"user_id": "who", "item_id": "what", "timestamp": "when"},
+}
+DEFAULT_FILES = {"people": "users.jsonl", "catalogue": "items.jsonl", "orders": "interactions.csv"}
+
+
+def default_rows(work: Path, table: str) -> list[dict[str, Any]]:
+    path = work / "data" / DEFAULT_FILES[table]
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    header, *lines = path.read_text().splitlines()
+    return [
+        {
+            k: int(v) if k == "timestamp" else v
+            for k, v in zip(header.split(","), line.split(","), strict=True)
+        }
+        for line in lines
+    ]
+
+
+def write_own_data(work: Path, dest: Path, formats: dict[str, str], drop: tuple[str, str] = ("", "")) -> Path:
+    """The external dataset under the own schema's names, each table in the format given
+    ("parquet", "csv" or "jsonl"); `drop` = (table, column) leaves one column out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for table, fmt in formats.items():
+        rename = OWN_COLUMNS[table]
+        rows = [
+            {rename.get(k, k): v for k, v in r.items() if (table, rename.get(k, k)) != drop}
+            for r in default_rows(work, table)
+        ]
+        path = dest / f"{table}.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows), path)
+        elif fmt == "jsonl":
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:  # CSV: a list is JSON in its cell
+            cols = list(rows[0])
+            cell = {c: (json.dumps if isinstance(rows[0][c], list) else str) for c in cols}
+            lines = [",".join(cols)] + [",".join(_csv_cell(cell[c](r[c])) for c in cols) for r in rows]
+            path.write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def _csv_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
+
+
+@pytest.fixture(scope="module")
+def own_version(work: Path, towers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding the own-names towers (imported once, dot similarity)."""
+    store = tmp_path_factory.mktemp("own") / "models"
     out_dir = work / "onnx"
     out = cli(
         *import_cmd(
             work, store, out_dir / "user_own.onnx", out_dir / "item_own.onnx", schema="schema_own.toml"
         ),
         "--version",
-        tag,
+        "own-dot",
         "--similarity",
         "dot",
     )
     assert out.returncode == 0, out.stderr
-    manifest = load_version(store, tag)
-    rows = [json.loads(line) for line in (work / "data" / "items.jsonl").read_text().splitlines()]
-    catalog = [{"sku": r.pop("item_id"), **r} for r in rows]
-    IndexStore(index).build(store, tag, iter(catalog), IndexConfig())
+    return store
+
+
+def own_reference(work: Path, towers: dict[str, Any], store: Path, user: str) -> tuple[list[str], list[str]]:
+    """PyTorch's ranking of the catalogue for `user` as the data files hold them (age from people,
+    purchases from orders in time order), and the purchases."""
+    manifest = load_version(store, "own-dot")
+    catalog = [{"sku": r.pop("item_id"), **r} for r in default_rows(work, "catalogue")]
+    person = next(r for r in default_rows(work, "people") if r["user_id"] == user)
+    orders = sorted(
+        (r for r in default_rows(work, "orders") if r["user_id"] == user), key=lambda r: r["timestamp"]
+    )
+    bought = [r["item_id"] for r in orders]
+    row = {"customer": user, "age": person["age"], "purchases": bought}
+    items = torch_vectors(towers["item"], TowerEncoder(manifest.features, "item"), catalog)
+    u = torch_vectors(towers["user"], TowerEncoder(manifest.features, "user"), [row])[0]
+    return [catalog[j]["sku"] for j in np.argsort(-(items @ u), kind="stable")], bought
+
+
+def check_stored_user(client: TestClient, ranked: list[str], bought: list[str]) -> None:
+    """A user by id only: features and purchases from the store, not cold; the purchases are not
+    recalled; /score of the recalled items by id gives the recalled scores."""
+    r = client.post("/recall", json={"user_id": "u3", "k": 10, "model_version": "own-dot"})
+    assert r.status_code == 200, r.text
+    assert r.json()["cold_start"] is False
+    recalled = [(it["item_id"], it["score"]) for it in r.json()["items"]]
+    assert [i for i, _ in recalled] == [i for i in ranked if i not in bought][:10]
+    r = client.post(
+        "/score",
+        json={"user_id": "u3", "model_version": "own-dot", "items": [{"item_id": i} for i, _ in recalled]},
+    )
+    assert r.status_code == 200, r.text
+    for (item, recall_score), s in zip(recalled, r.json()["scores"], strict=True):
+        assert s["score"] == pytest.approx(recall_score, rel=1e-4, abs=1e-4), item
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_own_names_are_served(
+    fmt: str, work: Path, towers: dict[str, Any], own_version: Path, tmp_path: Path
+) -> None:
+    """Ids, history, tables and interactions columns under the schema's own names ("customer",
+    "sku", "purchases"; people, catalogue, orders with who/what/when): `twotower reindex` builds
+    from the files, the in-process store serves the stored user, /recall excludes the purchases
+    and /score (by id, and with an item's features) gives the score the index holds."""
+    store, index = own_version, tmp_path / "index"
+    data = write_own_data(work, tmp_path / "data", dict.fromkeys(OWN_COLUMNS, fmt))
+    env = {
+        "TWOTOWER_MODEL_STORE": str(store),
+        "TWOTOWER_INDEX_STORE": str(index),
+        "TWOTOWER_DATA_DIR": str(data),
+    }
+    out = cli("reindex", "--model-version", "own-dot", env=env)
+    assert out.returncode == 0, out.stderr
+    ranked, bought = own_reference(work, towers, store, "u3")
     settings = Settings(
         model_store=store,
         index_store=index,
-        data_dir=None,
+        data_dir=data,
         reindex_on_start=False,
         worker=False,
         shutdown_drain_s=0,
     )
-    bought = ["i4", "i9", "i17"]
-    features = {"age": 29, "purchases": bought}
+    catalog = {r["item_id"]: r for r in default_rows(work, "catalogue")}
     with TestClient(create_app(settings)) as client:
+        check_stored_user(client, ranked, bought)
+        # Features sent with the request (the history under its own name too) override the stored
+        # ones; an item sent with its features scores as the index holds it.
+        sent = ["i4", "i9", "i17"]
+        features = {"age": 29, "purchases": sent}
         r = client.post(
-            "/recall", json={"user_id": "u3", "features": features, "k": 10, "model_version": tag}
+            "/recall", json={"user_id": "u3", "features": features, "k": 10, "model_version": "own-dot"}
         )
-        assert r.status_code == 200, r.text
         recalled = [(it["item_id"], it["score"]) for it in r.json()["items"]]
-        by_id = {c["sku"]: c for c in catalog}
-        sent = [
-            {"item_id": i, "features": {k: v for k, v in by_id[i].items() if k != "sku"}} for i, _ in recalled
+        assert not set(sent) & {i for i, _ in recalled}
+        items = [
+            {"item_id": i, "features": {k: v for k, v in catalog[i].items() if k != "item_id"}}
+            for i, _ in recalled
         ]
         r = client.post(
-            "/score", json={"user_id": "u3", "features": features, "model_version": tag, "items": sent}
+            "/score", json={"user_id": "u3", "features": features, "model_version": "own-dot", "items": items}
         )
         assert r.status_code == 200, r.text
-        scored = [s["score"] for s in r.json()["scores"]]
-    items = torch_vectors(towers["item"], TowerEncoder(manifest.features, "item"), catalog)
-    user_row = {"customer": "u3", **features}
-    user = torch_vectors(towers["user"], TowerEncoder(manifest.features, "user"), [user_row])[0]
-    order = [catalog[j]["sku"] for j in np.argsort(-(items @ user), kind="stable")]
-    assert [i for i, _ in recalled] == [i for i in order if i not in bought][:10]
-    for (item, recall_score), score in zip(recalled, scored, strict=True):
-        assert score == pytest.approx(recall_score, rel=1e-4, abs=1e-4), item
+        for (item, recall_score), s in zip(recalled, r.json()["scores"], strict=True):
+            assert s["score"] == pytest.approx(recall_score, rel=1e-4, abs=1e-4), item
+
+
+def test_own_names_load_into_redis(
+    work: Path, towers: dict[str, Any], own_version: Path, tmp_path: Path, redis_url: str
+) -> None:
+    """`twotower load` reads the own-names files (one table per format) with the served version's
+    names into Redis; `twotower reindex` builds from Redis's catalog; a replica without data files
+    serves the user by id from Redis."""
+    store, index = own_version, tmp_path / "index"
+    data = write_own_data(
+        work, tmp_path / "data", {"people": "parquet", "catalogue": "csv", "orders": "jsonl"}
+    )
+    env = {
+        "TWOTOWER_MODEL_STORE": str(store),
+        "TWOTOWER_INDEX_STORE": str(index),
+        "TWOTOWER_REDIS_URL": redis_url,
+    }
+    # The default-named files loaded with the default-named schema: a build of the own-names
+    # version cannot use that catalog, and says so.
+    out = cli("load", "--data", str(work / "data"), "--schema", str(work / "schema.toml"), env=env)
+    assert out.returncode == 0 and "(schema " in out.stdout, out.stderr
+    out = cli("reindex", "--model-version", "own-dot", env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "the catalog in Redis has no column 'sku'" in out.stderr, out.stderr
+    # The own-names files, read with the served version's names (no option needed).
+    out = cli("load", "--data", str(data), env=env)
+    assert out.returncode == 0, out.stderr
+    assert "loaded 12 users and 150 items" in out.stdout and "served model versions" in out.stdout
+    ranked, bought = own_reference(work, towers, store, "u3")
+    r = redis.Redis.from_url(redis_url)
+    stored = json.loads(r.get("tt:user:u3") or b"{}")
+    assert stored == {"age": stored["age"], "purchases": bought}  # the raw id is the key, not a feature
+    assert json.loads(r.hget("tt:items", "i7") or b"{}")["sku"] == "i7"
+    r.close()
+    out = cli("reindex", "--model-version", "own-dot", env=env)
+    assert out.returncode == 0, out.stderr
+    settings = Settings(
+        model_store=store,
+        index_store=index,
+        data_dir=None,
+        redis_url=redis_url,
+        reindex_on_start=False,
+        worker=False,
+        shutdown_drain_s=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        check_stored_user(client, ranked, bought)
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "fmt", "command", "what"),
+    [
+        ("orders", "when", "csv", "load", "the interactions' timestamp column"),
+        ("people", "customer", "parquet", "load", "the id column"),
+        ("catalogue", "price", "jsonl", "reindex", "field 'price'"),
+        ("catalogue", "sku", "parquet", "reindex", "the id column"),
+    ],
+)
+def test_own_names_missing_column(
+    table: str,
+    column: str,
+    fmt: str,
+    command: str,
+    what: str,
+    work: Path,
+    own_version: Path,
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    """A column the schema names and the data lacks: exit 2, the file and the column named, no
+    traceback, nothing loaded."""
+    data = write_own_data(work, tmp_path / "data", dict.fromkeys(OWN_COLUMNS, fmt), drop=(table, column))
+    env = {
+        "TWOTOWER_MODEL_STORE": str(own_version),
+        "TWOTOWER_INDEX_STORE": str(tmp_path / "index"),
+        "TWOTOWER_DATA_DIR": str(data),
+    }
+    if command == "load":
+        which = ["--model-version", "own-dot"] if table == "orders" else []  # named, or the served one
+        out = cli("load", "--data", str(data), *which, env={**env, "TWOTOWER_REDIS_URL": redis_url})
+    else:
+        out = cli("reindex", "--model-version", "own-dot", env=env)
+    assert out.returncode == 2, out.stdout
+    assert "Traceback" not in out.stderr
+    assert f"{data / f'{table}.{fmt}'}: no column {column!r} ({what})" in out.stderr, out.stderr
+    r = redis.Redis.from_url(redis_url)
+    assert r.dbsize() == 0
+    r.close()
+    assert not (tmp_path / "index" / "own-dot" / "CURRENT").exists()
 
 
 # --- mismatched towers: refused, named, nothing written ------------------------------------------

@@ -46,7 +46,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     data, models, index = tmp / "data", tmp / "models", tmp / "index"
     twotower = str(Path(sys.executable).parent / "twotower")
     run(sys.executable, str(SHOP / "generate.py"), "--out", str(data), "--users", "150", "--items", "90")
-    assert sorted(p.name for p in data.iterdir()) == ["interactions.jsonl", "items.parquet", "users.csv"]
+    assert sorted(p.name for p in data.iterdir()) == ["customers.csv", "products.parquet", "purchases.jsonl"]
     run(
         twotower, "train", "--schema", str(SHOP / "schema.toml"), "--data", str(data),
         "--model-store", str(models), "--version", VERSION,
@@ -67,7 +67,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 
 
 def item_rows(data: Path) -> dict[str, dict[str, object]]:
-    return {r["item_id"]: r for r in pq.read_table(data / "items.parquet").to_pylist()}
+    return {r["sku"]: r for r in pq.read_table(data / "products.parquet").to_pylist()}
 
 
 def test_the_manifest_carries_the_resolved_shop_schema(shop: Shop) -> None:
@@ -88,9 +88,7 @@ def test_recall_and_score_agree_on_stored_and_sent_features(shop: Shop) -> None:
 
     # stored vectors, and the item tower on the item's own shop features: the same scores
     rows = item_rows(shop.data)
-    sent = [
-        {"item_id": i, "features": {k: v for k, v in rows[i].items() if k != "item_id"}} for i in recalled
-    ]
+    sent = [{"item_id": i, "features": {k: v for k, v in rows[i].items() if k != "sku"}} for i in recalled]
     for items in ([{"item_id": i} for i in recalled], sent):
         s = shop.client.post("/score", json={"user_id": "u00003", "items": items})
         assert s.status_code == 200, s.text
@@ -99,7 +97,7 @@ def test_recall_and_score_agree_on_stored_and_sent_features(shop: Shop) -> None:
 
 
 def test_cold_user_on_shop_features(shop: Shop) -> None:
-    feats = {"country": "DE", "age": 31, "history": ["sku-00001", "sku-00007"]}
+    feats = {"country": "DE", "age": 31, "bought": ["sku-00001", "sku-00007"]}
     r = shop.client.post("/recall", json={"features": feats, "k": 5})
     assert r.status_code == 200, r.text
     assert len(r.json()["items"]) == 5
@@ -111,7 +109,7 @@ def test_cold_user_on_shop_features(shop: Shop) -> None:
     # a lone surrogate (legal as a JSON escape) in a hashed field is hashed, not a 500
     odd = shop.client.post(
         "/recall",
-        content=b'{"features": {"country": "\\ud800", "history": ["\\udfff"]}, "k": 3}',
+        content=b'{"features": {"country": "\\ud800", "bought": ["\\udfff"]}, "k": 3}',
         headers={"content-type": "application/json"},
     )
     assert odd.status_code == 200, odd.text

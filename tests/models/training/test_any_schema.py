@@ -38,14 +38,14 @@ def test_every_kind_is_a_tower_input(shop_version: tuple[Path, ModelManifest]) -
         side: {i["name"]: (i["dtype"], i["shape"]) for i in m.inputs[side]} for side in ("user", "item")
     }
     assert inputs["user"] == {
-        "user_id": ("int64", ["batch"]),
+        "customer": ("int64", ["batch"]),
         "country": ("int64", ["batch"]),
         "age": ("float32", ["batch"]),
-        "history": ("int64", ["batch", "history_len"]),
+        "bought": ("int64", ["batch", "bought_len"]),
     }
     tags = len(m.features.vocabularies["tag"])
     assert inputs["item"] == {
-        "item_id": ("int64", ["batch"]),
+        "sku": ("int64", ["batch"]),
         "brand": ("int64", ["batch"]),
         "price": ("float32", ["batch"]),
         "text_emb": ("float32", ["batch", 16]),
@@ -63,12 +63,12 @@ def test_every_kind_is_a_tower_input(shop_version: tuple[Path, ModelManifest]) -
 def test_onnx_towers_use_the_vector_and_numeric_inputs(shop_version: tuple[Path, ModelManifest]) -> None:
     path, m = shop_version
     items = TowerRunner(path, m, "item").load()
-    base = {"item_id": "sku-00001", "brand": "out-brand-1", "price": 50.0, "text_emb": [0.0] * 16}
-    out = items.embed([base, {**base, "text_emb": [1.0] * 16}, {**base, "price": 500.0}, {"item_id": "new"}])
+    base = {"sku": "sku-00001", "brand": "out-brand-1", "price": 50.0, "text_emb": [0.0] * 16}
+    out = items.embed([base, {**base, "text_emb": [1.0] * 16}, {**base, "price": 500.0}, {"sku": "new"}])
     assert np.isfinite(out).all()
     assert not np.allclose(out[0], out[1]) and not np.allclose(out[0], out[2])
     users = TowerRunner(path, m, "user").load()
-    u = users.embed([{"user_id": "u00001", "age": 30}, {"user_id": "u00001", "age": 70}, {}])
+    u = users.embed([{"customer": "u00001", "age": 30}, {"customer": "u00001", "age": 70}, {}])
     assert np.isfinite(u).all() and not np.allclose(u[0], u[1])
 
 

@@ -23,6 +23,7 @@ from app.state import make_store
 from models.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+_TEARDOWN_S = 15.0  # per shutdown step: longer than the worker's own 10 s bound on reaping its build child
 
 
 async def _every(seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
@@ -85,9 +86,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             worker.stop()
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await service.leave()
-        await store.close()
+        # Shutdown is bounded: a task that does not end on its cancellation (a Redis call wedged
+        # past its own timeouts) is logged and left behind instead of holding the process up;
+        # the orchestrator would kill it anyway, without the replica record being dropped.
+        _, stuck = await asyncio.wait(tasks, timeout=_TEARDOWN_S)
+        for t in stuck:
+            log.error("background task %s did not stop within %.0fs on shutdown", t.get_coro(), _TEARDOWN_S)
+        for step in (service.leave, store.close):
+            try:
+                await asyncio.wait_for(step(), _TEARDOWN_S)
+            except TimeoutError:
+                log.error("%s did not finish within %.0fs on shutdown", step.__qualname__, _TEARDOWN_S)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -60,8 +60,11 @@ class RedisStore(FeatureStore):
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            # The client timeouts cover a socket that stalls; wait_for also covers a connect that hangs.
-            return await asyncio.wait_for(fn(), self.timeout_s * 2)
+            # The client timeouts cover a socket that stalls; this also covers a connect that hangs.
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # lands as the call completes, and a background loop cancelled at shutdown then runs on.
+            async with asyncio.timeout(self.timeout_s * 2):
+                return await fn()
         except (redis.RedisError, OSError, TimeoutError) as exc:
             if self.on_error is not None:
                 self.on_error(op)

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -166,6 +167,26 @@ def list_versions(store: Path) -> list[str]:
     )
 
 
+STALE_TMP_S = 3600.0
+
+
+def remove_stale_tmp(store: Path, max_age_s: float = STALE_TMP_S) -> list[str]:
+    """Remove the temporary directories of writers killed mid-way (train, import): hidden
+    `.<tag>.*` siblings untouched for `max_age_s`. A live writer finishes in seconds to minutes
+    (export and import write at the very end), so an hour-old one is dead; returns what went."""
+    removed: list[str] = []
+    cutoff = time.time() - max_age_s
+    for p in Path(store).iterdir():
+        if p.name.startswith(".") and p.is_dir():
+            try:
+                if p.stat().st_mtime < cutoff:
+                    shutil.rmtree(p)
+                    removed.append(p.name)
+            except OSError:  # gone already, or not ours to remove: never fail a write for it
+                continue
+    return removed
+
+
 def write_version(
     store: Path,
     version: str,
@@ -183,6 +204,7 @@ def write_version(
     if final.exists():
         raise VersionExists(f"model version {version!r} already exists in {store}; versions are immutable")
     store.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(store)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=store))
     try:
         write_files(tmp)

@@ -100,3 +100,21 @@ def test_format_1_manifests_are_still_read_and_others_refused(tmp_path: Path) ->
     path.write_text(json.dumps({**raw, "format": 3}))
     with pytest.raises(ManifestError, match="unsupported format 3"):
         load_version(tmp_path, "v1")
+
+
+def test_a_killed_writers_tmp_dir_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A train or import killed mid-way leaves `.<tag>.*`: the next write removes it once it is
+    an hour old, and leaves a fresh one (a writer still at work) alone."""
+    import os
+    import time
+
+    dead = tmp_path / ".v0.abc123"
+    dead.mkdir()
+    (dead / USER_TOWER).write_bytes(b"half")
+    old = time.time() - 2 * 3600
+    os.utime(dead, (old, old))
+    live = tmp_path / ".v9.def456"
+    live.mkdir()
+    write_version(tmp_path, "v1", _files, _manifest("v1"))  # type: ignore[arg-type]
+    assert not dead.exists() and live.exists()
+    assert list_versions(tmp_path) == ["v1"]

@@ -31,3 +31,13 @@ def check_exclusions(limits: Limits, exclude: list[str]) -> None:
     if len(exclude) > limits.max_exclude:
         raise _refuse(["exclude_item_ids"], f"at most {limits.max_exclude} ids")
     check_ids(limits, exclude, "exclude_item_ids")
+
+
+def resolve_k(limits: Limits, k: int | None) -> int:
+    """The request's `k`, or the default; outside 1..max_k a 422 naming `k`."""
+    k = k if k is not None else min(limits.default_k, limits.max_k)
+    if not 1 <= k <= limits.max_k:
+        raise HTTPException(
+            422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}]
+        )
+    return k

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Response
 
 from app.api.deps import ServiceDep, SettingsDep
-from app.api.limits import check_exclusions, check_id
+from app.api.limits import check_exclusions, check_id, resolve_k
 from app.api.responses import FastJSON
 from app.schemas import SimilarRequest, SimilarResponse
 
@@ -23,11 +23,7 @@ ERRORS: dict[int | str, dict[str, str]] = {
 async def similar(body: SimilarRequest, service: ServiceDep, settings: SettingsDep) -> Response:
     """Top-k items nearest one item (its stored vector, or the item tower on `features`), never itself."""
     limits = settings.limits
-    k = body.k if body.k is not None else min(limits.default_k, limits.max_k)
-    if not 1 <= k <= limits.max_k:
-        raise HTTPException(
-            422, [{"loc": ["body", "k"], "msg": f"must be in 1..{limits.max_k}", "type": "range"}]
-        )
+    k = resolve_k(limits, body.k)
     check_exclusions(limits, body.exclude_item_ids)
     check_id(limits, body.item_id, "item_id")
     res = await service.similar(

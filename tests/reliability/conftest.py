@@ -159,16 +159,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # --- for the chaos suite (issue 11) ---------------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs the test may fill, or a skip saying why it cannot be mounted here."""
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "2m") mounted on `mnt` for the block, or a skip saying why it cannot be."""
     import subprocess
 
-    mnt = tmp_path / "tiny-disk"
     mnt.mkdir()
     try:
         out = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
             capture_output=True,
             text=True,
             timeout=10,
@@ -182,6 +181,13 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs the test may fill, or a skip saying why it cannot be mounted here."""
+    with mounted_tmpfs(tmp_path / "tiny-disk", "2m") as mnt:
+        yield mnt
 
 
 def fill_disk(path: Path) -> Path:

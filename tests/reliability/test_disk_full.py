@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from index_store.store import TMP_PREFIX, IndexStore
 from models.manifest import ModelManifest, load_version
 from tests.data import write_dataset
 from tests.reliability.artifacts import current
-from tests.reliability.conftest import GoodIndex
+from tests.reliability.conftest import GoodIndex, mounted_tmpfs
 from tests.reliability.procs import Load, Server, fmt_counts, summary
 
 pytestmark = pytest.mark.slow
@@ -37,24 +36,8 @@ def limit_file_size() -> None:  # runs in the child between fork and exec
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, or a skip saying why it cannot be mounted here."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    try:
-        out = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
 
 
 @pytest.mark.parametrize("mode", ["tmpfs", "rlimit"])

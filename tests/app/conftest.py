@@ -3,8 +3,10 @@ the demo vocabularies, and one real index build shared by the session."""
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from pydantic import SecretStr
 
 from app.main import create_app
 from app.settings import Settings
-from models.manifest import ModelManifest
+from models.manifest import MANIFEST, ModelManifest
 from tests.data import build_index, write_dataset
 
 TOKEN = "test-admin-token-0123456789"
@@ -73,3 +75,22 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def admin() -> dict[str, str]:
     return {"authorization": f"Bearer {TOKEN}"}
+
+
+def copy_version(src: Path, dst: Path, tag: str) -> None:
+    """A complete copy of version `src` re-tagged `tag` (same towers), written beside `dst` first
+    and renamed in, as a deployment that copies a version into the model store would."""
+    tmp = dst.parent / f".copy-{tag}"
+    shutil.copytree(src, tmp)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    manifest["version"] = tag
+    (tmp / MANIFEST).write_text(json.dumps(manifest))
+    tmp.rename(dst)
+
+
+def until(what: str, check: Callable[[], bool], timeout: float) -> None:
+    """Poll `check` every 50 ms; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

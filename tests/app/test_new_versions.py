@@ -4,11 +4,8 @@ until it is complete (issue 10, "new versions without restarts")."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,28 +13,14 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from models.manifest import MANIFEST, USER_TOWER
-from tests.app.conftest import make_settings
+from tests.app.conftest import copy_version, make_settings, until
 from tests.data import build_index
 
 V2 = "99990101T000000Z"
 V3 = "99990202T000000Z"
 
 
-def _copy_version(src: Path, dst: Path, tag: str) -> None:
-    """A complete copy of version `src` re-tagged `tag` (same towers), written elsewhere first."""
-    tmp = dst.parent / f".copy-{tag}"
-    shutil.copytree(src, tmp)
-    manifest = json.loads((tmp / MANIFEST).read_text())
-    manifest["version"] = tag
-    (tmp / MANIFEST).write_text(json.dumps(manifest))
-    tmp.rename(dst)
-
-
-def _until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+WAIT_S = 60
 
 
 def test_a_version_copied_in_is_served_without_restart(
@@ -58,12 +41,16 @@ def test_a_version_copied_in_is_served_without_restart(
 
         # A copy in progress: the manifest is there, a tower file only half written.
         half = store / V2
-        _copy_version(store / version, tmp_path / "full", V2)
+        copy_version(store / version, tmp_path / "full", V2)
         half.mkdir()
         shutil.copy(tmp_path / "full" / MANIFEST, half / MANIFEST)
         data = (tmp_path / "full" / USER_TOWER).read_bytes()
         (half / USER_TOWER).write_bytes(data[: len(data) // 2])
-        _until("the half copy to be refused with a log line", lambda: f"model version {V2}" in caplog.text)
+        until(
+            "the half copy to be refused with a log line",
+            lambda: f"model version {V2}" in caplog.text,
+            timeout=WAIT_S,
+        )
         assert c.post("/recall", json={"k": 3, "model_version": V2}).status_code == 404
         assert c.get("/readyz").status_code == 200
 
@@ -74,8 +61,10 @@ def test_a_version_copied_in_is_served_without_restart(
         # The copy completes: loaded, built once, servable, and an alias can move to it.
         for f in (tmp_path / "full").iterdir():
             shutil.copy(f, half / f.name)
-        _until(
-            f"{V2} to serve", lambda: c.post("/recall", json={"k": 3, "model_version": V2}).status_code == 200
+        until(
+            f"{V2} to serve",
+            lambda: c.post("/recall", json={"k": 3, "model_version": V2}).status_code == 200,
+            timeout=WAIT_S,
         )
         r = c.put("/admin/aliases/default", headers=admin, json={"model_version": V2})
         assert r.status_code == 200, r.text
@@ -85,10 +74,12 @@ def test_a_version_copied_in_is_served_without_restart(
 
         # A third version, and the removal of the second: the loop keeps going; V2 keeps serving
         # from memory (its towers are loaded) until the operator moves the alias away.
-        _copy_version(store / version, store / V3, V3)
+        copy_version(store / version, store / V3, V3)
         shutil.rmtree(store / V2)
-        _until(
-            f"{V3} to serve", lambda: c.post("/recall", json={"k": 3, "model_version": V3}).status_code == 200
+        until(
+            f"{V3} to serve",
+            lambda: c.post("/recall", json={"k": 3, "model_version": V3}).status_code == 200,
+            timeout=WAIT_S,
         )
         assert c.post("/recall", json={"k": 3}).json()["model_version"] == V2
     assert "broken-1" in caplog.text

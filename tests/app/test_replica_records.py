@@ -6,35 +6,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from models.manifest import MANIFEST
-from tests.app.conftest import make_settings
+from tests.app.conftest import copy_version, make_settings, until
 from tests.data import build_index
 
 V2 = "99990101T000000Z"
 
 
-def _copy_version(src: Path, dst: Path, tag: str) -> None:
-    tmp = dst.parent / f".copy-{tag}"
-    shutil.copytree(src, tmp)
-    manifest = json.loads((tmp / MANIFEST).read_text())
-    manifest["version"] = tag
-    (tmp / MANIFEST).write_text(json.dumps(manifest))
-    tmp.rename(dst)
-
-
-def _until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+WAIT_S = 30
 
 
 def test_alias_moves_only_where_every_live_replica_serves_it(
@@ -49,7 +33,7 @@ def test_alias_moves_only_where_every_live_replica_serves_it(
     store_a, store_b = tmp_path / "models-a", tmp_path / "models-b"
     shutil.copytree(model_store, store_a)
     shutil.copytree(model_store, store_b)
-    _copy_version(store_a / version, store_a / V2, V2)  # only replica A has V2 on its disk
+    copy_version(store_a / version, store_a / V2, V2)  # only replica A has V2 on its disk
     build_index(index, store_a, version, data_dir)
     build_index(index, store_a, V2, data_dir)
     rc = redis.Redis.from_url(redis_url)
@@ -69,18 +53,23 @@ def test_alias_moves_only_where_every_live_replica_serves_it(
         assert b.post("/recall", json={"k": 3}).json()["model_version"] == version
 
         # V2 reaches B's disk: B loads it and its build, says so in its record; the move succeeds.
-        _copy_version(store_a / V2, store_b / V2, V2)
-        _until(
-            "B to serve V2", lambda: b.post("/recall", json={"k": 3, "model_version": V2}).status_code == 200
+        copy_version(store_a / V2, store_b / V2, V2)
+        until(
+            "B to serve V2",
+            lambda: b.post("/recall", json={"k": 3, "model_version": V2}).status_code == 200,
+            timeout=WAIT_S,
         )
-        _until(
+        until(
             "the move to V2 to be accepted",
             lambda: (
                 a.put("/admin/aliases/default", headers=admin, json={"model_version": V2}).status_code == 200
             ),
+            timeout=WAIT_S,
         )
-        _until(
-            "B to follow the alias", lambda: b.post("/recall", json={"k": 3}).json()["model_version"] == V2
+        until(
+            "B to follow the alias",
+            lambda: b.post("/recall", json={"k": 3}).json()["model_version"] == V2,
+            timeout=WAIT_S,
         )
         assert a.post("/recall", json={"k": 3}).json()["model_version"] == V2
 
@@ -114,10 +103,11 @@ def test_a_replica_gone_silent_stops_counting(
     with TestClient(create_app(s)) as c:
         r = c.put("/admin/aliases/blue", headers=admin, json={"model_version": version})
         assert r.status_code == 409 and "dead-1" in r.text
-        _until(
+        until(
             "the dead replica's record to expire",
             lambda: (
                 c.put("/admin/aliases/blue", headers=admin, json={"model_version": version}).status_code
                 == 200
             ),
+            timeout=WAIT_S,
         )

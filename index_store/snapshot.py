@@ -2,7 +2,8 @@
 
 Nothing here is mutated after construction (arrays are read-only, mappings are proxies, search
 parameters go per call), so any number of threads may search one snapshot while a swap installs
-the next. Faiss CPU indexes are safe for concurrent searches.
+the next. Faiss CPU indexes are safe for concurrent searches. A build loaded by `IndexStore.load`
+maps its files (the index, the ids, the vectors): every serving process on a host shares them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from index_store.attributes import Attributes
 from index_store.build import HNSW, IVF, pad_queries, search_parameters
 from index_store.filtered import search_filtered
+from index_store.idmap import IdMap
 from index_store.threads import set_faiss_threads
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ class Snapshot:
     build_id: str
     index: faiss.Index
     ids: np.ndarray  # str, row i of the index is ids[i]
-    row_of: Mapping[str, int]
+    row_of: IdMap  # id -> row, vectorised (index_store.idmap)
     vectors: np.ndarray  # float32 [N, dim], row i = ids[i]
     manifest: Mapping[str, Any]
     search_params: Mapping[str, int]  # {"nprobe": 12} / {"efSearch": 96} / {} for exact
@@ -98,14 +100,17 @@ class Snapshot:
 
     def vectors_for(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors of `item_ids` ([n, dim], zeros where unknown) and a mask of which were found."""
-        rows = np.fromiter((self.row_of.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        rows = self.row_of.rows(item_ids)
         found = rows >= 0
         out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
         out[found] = self.vectors[rows[found]]
         return out, found
 
     def _rows(self, item_ids: Collection[str]) -> frozenset[int]:
-        return frozenset(r for i in item_ids if (r := self.row_of.get(i)) is not None)
+        if not item_ids:
+            return frozenset()
+        rows = self.row_of.rows(list(item_ids))
+        return frozenset(rows[rows >= 0].tolist())
 
     def _pick(
         self, scores: np.ndarray, rows: np.ndarray, banned: frozenset[int], want: int

@@ -588,8 +588,8 @@ class Service:
                 vecs[with_features] = served.item.embed(rows)
                 found[with_features] = True
             # One matrix-vector product = the user vector tiled across the batch, dotted row-wise.
-            s = vecs @ u
-            return [float(s[i]) if found[i] else None for i in range(len(items))]
+            s = (vecs @ u).tolist()
+            return [x if f else None for x, f in zip(s, found.tolist(), strict=True)]
 
         scores = await self.run(compute)
         return Scored(served.tag, snap.build_id, scores)

@@ -4,7 +4,7 @@
     <root>/<version>/<build_id>/index.faiss  faiss.write_index
                                 ids.npy      item ids (unicode, no pickle); row i of the index = ids[i]
                                 vectors.npy  float32 [N, dim], the stored vector of every item (for /score)
-                                id_order.npy int64 [N], the argsort of ids (the id map: index_store.idmap)
+                                id_table.npy int64, a hash table id -> row (the id map: index_store.idmap)
                                 attributes.npz  the filterable fields' columns (index_store.attributes)
                                 manifest.json
     <root>/<version>/.tmp-<build_id>.<pid>/  a build being written by process <pid>; removed by a
@@ -39,7 +39,7 @@ import onnxruntime as ort
 from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, Attributes, from_bytes, to_bytes
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
 from index_store.encode import encode_catalog
-from index_store.idmap import ID_ORDER_FILE, IdMap, sort_order
+from index_store.idmap import ID_TABLE_FILE, IdMap, build_table
 from index_store.locking import file_lock, pid_alive
 from index_store.snapshot import Snapshot
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
@@ -247,20 +247,20 @@ class IndexStore:
 
     @staticmethod
     def _id_map(bdir: Path, manifest: Mapping[str, Any], ids: np.ndarray) -> IdMap:
-        """The build's id map: its `id_order.npy` mapped; a build written before that file existed
-        gets the order sorted in memory (once per load, no dict) and its ids checked for duplicates
-        here, as the build checked them when it wrote the file."""
-        if ID_ORDER_FILE not in manifest["files"]:
+        """The build's id map: its `id_table.npy` mapped; a build written before that file existed
+        gets the table built in memory (vectorised, once per load, no dict) and its ids checked for
+        duplicates here, as the build checked them when it wrote the file."""
+        if ID_TABLE_FILE not in manifest["files"]:
             row_of = IdMap.from_ids(ids)
             if row_of.has_duplicates():
                 raise ArtifactError(f"{bdir / IDS_FILE}: duplicate item ids")
             return row_of
-        _verify(bdir / ID_ORDER_FILE, manifest)
-        order = _map_npy(bdir / ID_ORDER_FILE)
+        _verify(bdir / ID_TABLE_FILE, manifest)
+        table = _map_npy(bdir / ID_TABLE_FILE)
         try:
-            return IdMap(ids, order)
+            return IdMap(ids, table)
         except ValueError as exc:
-            raise ArtifactError(f"{bdir / ID_ORDER_FILE}: {exc}") from exc
+            raise ArtifactError(f"{bdir / ID_TABLE_FILE}: {exc}") from exc
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -410,10 +410,10 @@ class IndexStore:
         faiss.write_index(built.index, str(tmp / INDEX_FILE))
         np.save(tmp / IDS_FILE, np.array(ids, dtype=str), allow_pickle=False)
         np.save(tmp / VECTORS_FILE, vectors, allow_pickle=False)
-        np.save(tmp / ID_ORDER_FILE, sort_order(np.array(ids, dtype=str)), allow_pickle=False)
+        np.save(tmp / ID_TABLE_FILE, build_table(np.array(ids, dtype=str)), allow_pickle=False)
         (tmp / ATTRIBUTES_FILE).write_bytes(to_bytes(attributes))
         files, sizes = {}, {}
-        for name in (*DATA_FILES, ID_ORDER_FILE, ATTRIBUTES_FILE):
+        for name in (*DATA_FILES, ID_TABLE_FILE, ATTRIBUTES_FILE):
             path = tmp / name
             _fsync_file(path)
             files[name] = sha256_file(path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from index_store.build import EXACT, HNSW, IVF, IndexConfig, build_index, pad_queries, search_parameters
-from index_store.idmap import ID_ORDER_FILE, IdMap
+from index_store.idmap import ID_TABLE_FILE, IdMap
 from index_store.store import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, MMAP_FLAGS, VECTORS_FILE, IndexStore
 from models.errors import ArtifactError
 from models.manifest import ModelManifest
@@ -46,7 +46,7 @@ def test_each_kind_loads_as_memory_maps(
     snap = store.load(manifest.version, manifest)
     assert snap.kind == kind
     maps = mapped_files()
-    for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, ID_ORDER_FILE):
+    for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, ID_TABLE_FILE):
         assert str(bdir / name) in maps, f"{name} is not memory-mapped"
     assert not snap.vectors.flags.writeable and not snap.ids.flags.writeable
     # The mapped build answers as the one the build held in memory: the stored vectors find themselves.
@@ -97,14 +97,14 @@ def test_id_map_lookups() -> None:
 def test_build_from_before_the_id_order_file_still_loads(
     tmp_path: Path, model_store: Path, manifest: ModelManifest, catalog: Any
 ) -> None:
-    """A build written before `id_order.npy` existed: the order is sorted at load, same answers."""
+    """A build written before `id_table.npy` existed: the table is built at load, same answers."""
     store = IndexStore(tmp_path / "index")
     build_id = store.build(model_store, manifest.version, catalog(500), IndexConfig())
     vdir = tmp_path / "index" / manifest.version
     new = store.load(manifest.version, manifest)
-    (vdir / build_id / ID_ORDER_FILE).unlink()
+    (vdir / build_id / ID_TABLE_FILE).unlink()
     raw = json.loads((vdir / build_id / MANIFEST).read_text())
-    del raw["files"][ID_ORDER_FILE], raw["sizes"][ID_ORDER_FILE]
+    del raw["files"][ID_TABLE_FILE], raw["sizes"][ID_TABLE_FILE]
     data = (json.dumps(raw, indent=2) + "\n").encode()
     (vdir / build_id / MANIFEST).write_bytes(data)
     pointer = {"build_id": build_id, "manifest_sha256": hashlib.sha256(data).hexdigest()}
@@ -120,9 +120,9 @@ def test_corrupt_id_order_is_refused(
 ) -> None:
     store = IndexStore(tmp_path / "index")
     build_id = store.build(model_store, manifest.version, catalog(500), IndexConfig())
-    path = tmp_path / "index" / manifest.version / build_id / ID_ORDER_FILE
+    path = tmp_path / "index" / manifest.version / build_id / ID_TABLE_FILE
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="id_order.npy: sha256"):
+    with pytest.raises(ArtifactError, match="id_table.npy: sha256"):
         store.load(manifest.version, manifest)

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench import compute, report
+from bench import compute, memory, report
 from bench.catalog import ITEMS, synthetic_items, write_data_dir, write_items
 from bench.load import (
     LoadProcess,
@@ -72,7 +72,9 @@ class Plan:
     swap_before_s: float
     swap_after_s: float
     swap_users: int = 32
-    swap_nice: tuple[int, ...] = (0, 19)  # one swap per value: the build child's niceness
+    # One swap per policy of the build child: (threads, niceness, CPU share; app/reindex/cpu.py).
+    # The first is the worker's default (IndexSettings.build_child_threads / build_nice / share).
+    swap_builds: tuple[tuple[int, int, float], ...] = ((1, 19, 1.0), (1, 0, 1.0), (1, 0, 0.5))
     recall_queries: int = 500
     pool_users: int = 1000  # distinct users cycled by the load generator
 
@@ -467,8 +469,9 @@ def measure_score_http(ctx: Context, svc: ServiceProcess) -> dict[str, Any]:
 def measure_swap(ctx: Context) -> None:
     """Full reindexes (new features for every item, same ids) and swaps while /recall runs open loop.
 
-    Once with the build child at normal priority (what the worker does today), once at nice 19; each
-    rebuild alternates between two catalogs so that every swap changes the answers.
+    Once per build policy of `Plan.swap_builds` (threads, niceness, CPU share), the child held to its
+    share by the worker's own duty cycle; each rebuild alternates between two catalogs so that every
+    swap changes the answers.
     """
     from models.manifest import load_version
 
@@ -489,9 +492,9 @@ def measure_swap(ctx: Context) -> None:
             port=svc.port, path="/recall", bodies_file=str(bodies), concurrency=8, duration_s=plan.warmup_s
         )
         run_load(warm, ctx.tmp)
-        for nice, source in zip(plan.swap_nice, itertools.cycle((swap_data, ctx.data)), strict=False):
-            log.info("swap under load at %.0f req/s, reindex at nice %d", rate, nice)
-            runs.append(swap_once(ctx, svc, kind, source, nice, rate, bodies))
+        for policy, source in zip(plan.swap_builds, itertools.cycle((swap_data, ctx.data)), strict=False):
+            log.info("swap under load at %.0f req/s, reindex %s", rate, build_label(*policy))
+            runs.append(swap_once(ctx, svc, kind, source, policy, rate, bodies))
             sw = runs[-1]
             log.info(
                 "swap: %d failed, %d inconsistent, p99 before %.1f / reindex %.1f / swap %.1f ms",
@@ -504,9 +507,24 @@ def measure_swap(ctx: Context) -> None:
     ctx.results["swap"] = runs
 
 
+def build_label(threads: int, nice: int, share: float) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''}, nice {nice}" + (
+        f", CPU share {share:g}" if share < 1 else ""
+    )
+
+
 def swap_once(
-    ctx: Context, svc: ServiceProcess, kind: str, source: Path, nice: int, rate: float, bodies: Path
+    ctx: Context,
+    svc: ServiceProcess,
+    kind: str,
+    source: Path,
+    policy: tuple[int, int, float],
+    rate: float,
+    bodies: Path,
 ) -> dict[str, Any]:
+    from app.reindex.cpu import cap
+
+    threads, nice, share = policy
     plan = ctx.plan
     old_build = svc.health()["index_build"]
     spec = LoadSpec(
@@ -523,9 +541,16 @@ def swap_once(
     try:
         time.sleep(0.5 + plan.swap_before_s)
         t_build0 = time.monotonic()
-        logf = ctx.log_file(f"build-swap-nice{nice}")
-        child = run_child(ctx.model_store, ctx.version, ctx.index_root(kind), source, kind, logf, nice=nice)
-        build = finish(child, logf)
+        logf = ctx.log_file(f"build-swap-{threads}-{nice}-{share:g}")
+        child = run_child(
+            ctx.model_store, ctx.version, ctx.index_root(kind), source, kind, logf, threads=threads, nice=nice
+        )
+        cycle = cap(child.pid, share)
+        try:
+            build = finish(child, logf)
+        finally:
+            if cycle is not None:
+                cycle.stop()
         t_build1 = time.monotonic()
         t_swapped = wait_for_build(svc, build["build_id"], timeout_s=120)
         time.sleep(plan.swap_after_s + 1.0)
@@ -533,7 +558,8 @@ def swap_once(
         load.stop()
     result = load.wait()
     out = analyse_swap(ctx, result, kind, old_build, build, rate, (t_build0, t_build1, t_swapped))
-    return {"nice": nice, **out}
+    label = build_label(threads, nice, share)
+    return {"nice": nice, "threads": threads, "cpu_share": share, "build": label, **out}
 
 
 def wait_for_build(svc: ServiceProcess, build_id: str, timeout_s: float) -> float:
@@ -584,6 +610,7 @@ def analyse_swap(
     t_build0, t_build1, t_swapped = marks
     w0, w1 = res.window
     phases = {
+        "whole": summarize(res, w0, w1),
         "before": summarize(res, w0, t_build0),
         "during_reindex": summarize(res, t_build0, t_build1),
         "at_swap": summarize(res, t_build1, t_swapped + 1.0),
@@ -718,7 +745,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--keep-tmp", action="store_true", help="keep the temporary directory (data, indexes, logs)"
     )
-    p.add_argument("--skip", default="", help="steps to skip, comma-separated: http,swap")
+    p.add_argument("--skip", default="", help="steps to skip, comma-separated: http,swap,memory")
     return p.parse_args(argv)
 
 
@@ -759,6 +786,10 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(measure_http)
         if "swap" not in skip:
             steps.append(measure_swap)
+        if "memory" not in skip:
+            steps.append(
+                step("memory")(lambda c: memory.measure_memory(c, recall_bodies(c, 200, c.tmp / "mem.jsonl")))
+            )
         for fn in steps:
             fn(ctx)
     finally:

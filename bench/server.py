@@ -48,8 +48,11 @@ class ServiceProcess:
         httpx.post(f"{svc.url}/recall", json={"user_id": "1"})
     """
 
-    def __init__(self, env: Mapping[str, str], log: Path, ready_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log: Path, ready_timeout_s: float = 300.0, workers: int = 1
+    ) -> None:
         self.env = dict(env)
+        self.workers = workers  # serving processes (`--workers`; more than 1 needs TWOTOWER_REDIS_URL)
         self.log = log
         self.port = free_port()
         self.ready_timeout_s = ready_timeout_s
@@ -68,6 +71,7 @@ class ServiceProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
         env = {**base, "TWOTOWER_LOG_LEVEL": "WARNING", "TWOTOWER_SHUTDOWN_DRAIN_S": "0", **self.env}
         cmd = [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--host", "127.0.0.1"]
+        cmd += ["--workers", str(self.workers)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*cmd, "--port", str(self.port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -29,8 +29,8 @@ from models.errors import FeatureError
 
 if TYPE_CHECKING:
     from app.metrics import Metrics
-    from app.service import ServedVersion
     from app.state import FeatureStore
+    from app.versions import ServedVersion
 
 log = logging.getLogger(__name__)
 MANIFEST_KEY = "changes_seq"  # in a build manifest: the last change folded into it

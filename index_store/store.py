@@ -408,9 +408,10 @@ class IndexStore:
     ) -> str:
         """Write the files and the manifest into `tmp`, fsync them; returns the manifest's sha256."""
         faiss.write_index(built.index, str(tmp / INDEX_FILE))
-        np.save(tmp / IDS_FILE, np.array(ids, dtype=str), allow_pickle=False)
+        id_array = np.array(ids, dtype=str)
+        np.save(tmp / IDS_FILE, id_array, allow_pickle=False)
         np.save(tmp / VECTORS_FILE, vectors, allow_pickle=False)
-        np.save(tmp / ID_TABLE_FILE, build_table(np.array(ids, dtype=str)), allow_pickle=False)
+        np.save(tmp / ID_TABLE_FILE, build_table(id_array), allow_pickle=False)
         (tmp / ATTRIBUTES_FILE).write_bytes(to_bytes(attributes))
         files, sizes = {}, {}
         for name in (*DATA_FILES, ID_TABLE_FILE, ATTRIBUTES_FILE):

@@ -62,7 +62,9 @@ class DeltaView:
         search by one). New items, most upserts, are not among them. Once per view and build."""
         found = self._in_build.get(snap.build_id)
         if found is None:
-            found = frozenset(i for i in self.shadow if i in snap.row_of)
+            pending = sorted(self.shadow)
+            rows = snap.row_of.rows(pending)  # one vectorised lookup for all of them
+            found = frozenset(i for i, r in zip(pending, rows.tolist(), strict=True) if r >= 0)
             self._in_build[snap.build_id] = found
         return found
 

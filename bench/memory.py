@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.load import LoadSpec, run_load
+from bench.load import LoadSpec, run_load, write_bodies
 from bench.server import ServiceProcess, free_port
 
 log = logging.getLogger("bench")
@@ -100,9 +100,19 @@ class Redis:
         self.proc.wait(10)
 
 
-def measure_memory(ctx: Any, bodies: Path, workers: tuple[int, ...] = (1, 2)) -> None:
-    """results["memory"]: the service's PSS with each number of processes, and the ratio 2 : 1."""
+def measure_memory(ctx: Any, users: list[dict[str, Any]], workers: tuple[int, ...] = (1, 2)) -> None:
+    """results["memory"]: the service's PSS with each number of processes, and the ratio 2 : 1.
+
+    The warm-up requests carry each user's features (this step's Redis holds none), so that they
+    search with as many distinct query vectors as the other steps do."""
     plan = ctx.plan
+    bodies = write_bodies(
+        ctx.tmp / "memory.jsonl",
+        [
+            {"user_id": u["user_id"], "features": {k: v for k, v in u.items() if k != "user_id"}}
+            for u in users
+        ],
+    )
     kind = ctx.ann_kind or plan.kinds[0]
     root = ctx.index_root(kind)
     current = json.loads((root / ctx.version / "CURRENT").read_text())["build_id"]
@@ -121,9 +131,11 @@ def measure_memory(ctx: Any, bodies: Path, workers: tuple[int, ...] = (1, 2)) ->
                     concurrency=8,
                     duration_s=plan.warmup_s,
                 )
-                run_load(spec, ctx.tmp)
+                warm = run_load(spec, ctx.tmp)
                 time.sleep(0.5)
                 mem = service_memory(svc.pid, mapped=index_file)
+                mem["warm_requests"] = len(warm.status)
+                mem["warm_failed"] = sum(1 for st in warm.status if st != 200)
                 runs[str(n)] = mem
                 log.info(
                     "memory with %d serving process(es): PSS %.0f MB (anon %.0f, file %.0f), RSS %.0f MB, "

@@ -788,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(measure_swap)
         if "memory" not in skip:
             steps.append(
-                step("memory")(lambda c: memory.measure_memory(c, recall_bodies(c, 200, c.tmp / "mem.jsonl")))
+                steps.append(step("memory")(lambda c: memory.measure_memory(c, user_rows(c.data, 200))))
             )
         for fn in steps:
             fn(ctx)

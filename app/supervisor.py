@@ -3,12 +3,12 @@
 The supervisor binds the port once, imports the app (FastAPI, NumPy, Faiss, ONNX Runtime) and
 forks N processes, which all accept on that one socket; what the imports allocated is shared
 copy-on-write (measured, 2 processes with no index loaded: 141 MB PSS for the whole service
-forked, 191 MB with multiprocessing's spawn). Nothing that starts threads of ours is made before the fork (OpenBLAS's own pool
-handles a fork itself, through pthread_atfork). Each process is a whole replica: its own lifespan,
-ONNX sessions, poll loop and replica record, all made after the fork. They share what is on disk:
-a build's files are memory-mapped (index_store.store), so a second process adds little memory.
-State that must agree across them lives in Redis (jobs, locks, replica records, the change log),
-so more than one process needs `TWOTOWER_REDIS_URL`.
+forked, 191 MB with multiprocessing's spawn). Nothing that starts threads of ours is made before
+the fork (OpenBLAS's own pool handles a fork itself, through pthread_atfork). Each process is a
+whole replica: its own lifespan, ONNX sessions, poll loop and replica record, all made after the
+fork. They share what is on disk: a build's files are memory-mapped (index_store.store), so a
+second process adds little memory. State that must agree across them lives in Redis (jobs,
+locks, replica records, the change log), so more than one process needs `TWOTOWER_REDIS_URL`.
 
 - The reindex worker runs in process 0 only: one worker per service; the others pick a new build
   up through their poll (`poll_interval_s`), as replicas on other hosts do.

@@ -559,9 +559,12 @@ def _verify(path: Path, manifest: Mapping[str, Any]) -> None:
 def _map_npy(path: Path) -> np.ndarray:
     """A read-only memory map of a verified .npy file (no pickle)."""
     try:
-        array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ArtifactError(f"{path}: not a readable .npy file ({exc})") from exc
+    # A plain ndarray view of the map (it keeps the map alive): np.memmap's subclass hooks cost
+    # on every indexing call of the request path.
+    array: np.ndarray = np.asarray(mapped)
     return array
 
 

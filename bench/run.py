@@ -44,7 +44,7 @@ from bench.load import (
     wrk_available,
 )
 from bench.reindex import finish, run_child
-from bench.server import ServiceProcess
+from bench.server import GlueProcess, ServiceProcess
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +75,7 @@ class Plan:
     swap_nice: tuple[int, ...] = (0, 19)  # one swap per value: the build child's niceness
     recall_queries: int = 500
     pool_users: int = 1000  # distinct users cycled by the load generator
+    processes: tuple[int, ...] = (1, 2)  # serving processes of twotower and of the glue peer, side by side
 
     @classmethod
     def full(cls) -> Plan:
@@ -290,12 +291,14 @@ def recall_bodies(ctx: Context, n: int, path: Path) -> Path:
 
 @dataclass
 class Variant:
-    """One served configuration in the /recall sweep."""
+    """One served configuration in the /recall sweep: twotower or the glue peer, N processes."""
 
     label: str
     kind: str
-    in_thread: bool
+    in_thread: bool | None  # TWOTOWER_RUNTIME__COMPUTE_IN_THREAD; None = the default (glue: None)
     svc: ServiceProcess
+    server: str = "twotower"  # or "glue"
+    processes: int = 1
     runs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     half: list[dict[str, Any]] = field(default_factory=list)
 
@@ -388,6 +391,8 @@ def variant_result(v: Variant) -> dict[str, Any]:
     )
     return {
         "label": v.label,
+        "server": v.server,
+        "processes": v.processes,
         "kind": v.kind,
         "compute_in_thread": v.in_thread,
         "levels": levels,
@@ -398,32 +403,74 @@ def variant_result(v: Variant) -> dict[str, Any]:
     }
 
 
+def http_configs(ctx: Context) -> list[tuple[str, str, str, int, bool | None]]:
+    """(label, server, kind, processes, compute_in_thread) of every served variant, side by side:
+    twotower on each kind; on the ANN kind twotower and the glue peer at each process count, and
+    twotower with the compute in a thread (a hot-path choice)."""
+    plan = ctx.plan
+    ann = ctx.ann_kind if ctx.ann_kind in plan.http_kinds else None
+    out: list[tuple[str, str, str, int, bool | None]] = [
+        (f"twotower {k}", "twotower", k, 1, None) for k in plan.http_kinds if k != ann
+    ]
+    if ann is not None:
+        for n in plan.processes:
+            proc = f"{n} process" + ("es" if n > 1 else "")
+            out.append((f"twotower {ann}, {proc}", "twotower", ann, n, None))
+            out.append((f"glue peer {ann}, {proc}", "glue", ann, n, None))
+        out.append((f"twotower {ann}, compute_in_thread=true", "twotower", ann, 1, True))
+    return out
+
+
+def start_variant(
+    ctx: Context, stack: contextlib.ExitStack, config: tuple[str, str, str, int, bool | None]
+) -> Variant | None:
+    label, server, kind, n, in_thread = config
+    log.info("starting %s", label)
+    logf = ctx.log_file(f"serve-{label.replace(' ', '_').replace(',', '').replace('=', '-')}")
+    svc: ServiceProcess
+    if server == "glue":
+        index_dir = ctx.index_root(kind) / ctx.version
+        svc = GlueProcess(ctx.model_store / ctx.version, index_dir, ctx.data, logf, workers=n)
+    else:
+        extra = {} if in_thread is None else {"TWOTOWER_RUNTIME__COMPUTE_IN_THREAD": str(in_thread).lower()}
+        svc = ServiceProcess(ctx.service_env(kind, **extra), logf, workers=n)
+    try:
+        stack.enter_context(svc)
+    except RuntimeError as exc:  # e.g. a twotower without `serve --workers`: the rest still runs
+        log.error("%s did not start, left out of this run: %s", label, exc)
+        return None
+    return Variant(label, kind, in_thread, svc, server=server, processes=n)
+
+
 @step("http")
 def measure_http(ctx: Context) -> None:
     plan = ctx.plan
     bodies = recall_bodies(ctx, plan.pool_users, ctx.tmp / "recall.jsonl")
-    configs: list[tuple[str, str, bool]] = [(k, k, True) for k in plan.http_kinds]
-    if ctx.ann_kind is not None and ctx.ann_kind in plan.http_kinds:
-        configs.append((f"{ctx.ann_kind}, compute_in_thread=false", ctx.ann_kind, False))
     with contextlib.ExitStack() as stack:
-        variants = []
-        for label, kind, in_thread in configs:
-            env = ctx.service_env(kind, TWOTOWER_RUNTIME__COMPUTE_IN_THREAD=str(in_thread).lower())
-            log.info("starting the service: %s", label)
-            svc = stack.enter_context(ServiceProcess(env, ctx.log_file(f"serve-{kind}-{in_thread}")))
-            variants.append(Variant(label, kind, in_thread, svc))
+        variants = [v for c in http_configs(ctx) if (v := start_variant(ctx, stack, c)) is not None]
         sweep(ctx, variants, bodies)
         runs = [variant_result(v) for v in variants]
+        by_label = {v.label: v for v in variants}
+        if wrk_available():
+            # wrk beside our own client, at each side's best concurrency: twotower and the glue peer
+            for run in runs:
+                if run["kind"] == ctx.ann_kind and run["compute_in_thread"] is None:
+                    svc = by_label[run["label"]].svc
+                    run["wrk"] = run_wrk(
+                        svc.port, "/recall", bodies, run["max_at"], plan.level_s * 2, ctx.tmp
+                    )
+                    log.info("wrk %s c=%d: %.0f req/s", run["label"], run["max_at"], run["wrk"]["rps"])
         main = next(
-            (r for r, v in zip(runs, variants, strict=True) if v.in_thread and v.kind == ctx.ann_kind), None
+            (
+                r
+                for r in runs
+                if r["server"] == "twotower" and r["kind"] == ctx.ann_kind and r["processes"] == 1
+                if r["compute_in_thread"] is None
+            ),
+            None,
         )
         if main is not None:
-            svc = variants[runs.index(main)].svc
-            main["score"] = measure_score_http(ctx, svc)
-            if wrk_available():
-                c = max(plan.concurrency)
-                main["wrk"] = run_wrk(svc.port, "/recall", bodies, c, plan.level_s * 2, ctx.tmp)
-                log.info("wrk c=%d: %.0f req/s, p99 %.2f ms", c, main["wrk"]["rps"], main["wrk"]["p99_ms"])
+            main["score"] = measure_score_http(ctx, by_label[main["label"]].svc)
     ctx.results["http"] = runs
 
 
@@ -480,7 +527,12 @@ def measure_swap(ctx: Context) -> None:
     write_items(swap_data / ITEMS, synthetic_items(manifest, plan.items, seed=1))
     bodies = recall_bodies(ctx, plan.swap_users, ctx.tmp / "swap.jsonl")
     served = next(
-        (r for r in ctx.results.get("http", []) if r["kind"] == kind and r["compute_in_thread"]), None
+        (
+            r
+            for r in ctx.results.get("http", [])
+            if r["kind"] == kind and r.get("server", "twotower") == "twotower" and r.get("processes", 1) == 1
+        ),
+        None,
     )
     rate = served["half_rate"]["rate"] if served else 200.0
     runs = []

@@ -48,10 +48,10 @@ _HEADERS = [(b"content-type", _JSON)]
 
 
 def _json_content(scope: Scope) -> bool:
-    """What FastAPI parses as JSON, narrowed to the common case: no content type, or
-    application/json (with parameters); anything else takes the framework's path."""
+    """What FastAPI parses as JSON, narrowed to the common case: application/json (with parameters).
+    Anything else (no content type: FastAPI's strict default refuses it) takes the framework's path."""
     ctype = next((v for k, v in scope["headers"] if k == b"content-type"), None)
-    return ctype is None or ctype.split(b";", 1)[0].strip().lower() == _JSON
+    return ctype is not None and ctype.split(b";", 1)[0].strip().lower() == _JSON
 
 
 def is_hot(scope: Scope) -> bool:

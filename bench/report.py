@@ -300,8 +300,9 @@ def section_http(results: Mapping[str, Any]) -> str:
 
 
 def _server(run: Mapping[str, Any]) -> str:
-    name = "glue peer" if run.get("server") == "glue" else "twotower"
-    return f"{name}, {_procs(run)}"
+    if run.get("server") == "glue":
+        return f"glue peer, {_procs(run)}"
+    return f"twotower, {_procs(run)}" + (", redis" if run.get("store") == "redis" else "")
 
 
 def _in_thread(run: Mapping[str, Any]) -> str:

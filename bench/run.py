@@ -44,7 +44,7 @@ from bench.load import (
     wrk_available,
 )
 from bench.reindex import finish, run_child
-from bench.server import GlueProcess, ServiceProcess
+from bench.server import GlueProcess, RedisServer, ServiceProcess, serve_has_workers
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,6 +299,7 @@ class Variant:
     svc: ServiceProcess
     server: str = "twotower"  # or "glue"
     processes: int = 1
+    store: str = "in-process"  # twotower's feature store: "in-process" or "redis" (glue: in memory)
     runs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     half: list[dict[str, Any]] = field(default_factory=list)
 
@@ -393,6 +394,7 @@ def variant_result(v: Variant) -> dict[str, Any]:
         "label": v.label,
         "server": v.server,
         "processes": v.processes,
+        "store": v.store,
         "kind": v.kind,
         "compute_in_thread": v.in_thread,
         "levels": levels,
@@ -403,51 +405,82 @@ def variant_result(v: Variant) -> dict[str, Any]:
     }
 
 
-def http_configs(ctx: Context) -> list[tuple[str, str, str, int, bool | None]]:
-    """(label, server, kind, processes, compute_in_thread) of every served variant, side by side:
-    twotower on each kind; on the ANN kind twotower and the glue peer at each process count, and
-    twotower with the compute in a thread (a hot-path choice)."""
+@dataclass(frozen=True)
+class HttpConfig:
+    label: str
+    server: str  # "twotower" or "glue"
+    kind: str
+    processes: int = 1
+    in_thread: bool | None = None  # TWOTOWER_RUNTIME__COMPUTE_IN_THREAD; None = the default
+    redis: bool = False  # twotower's feature store in Redis (needed by several processes)
+
+
+def http_configs(ctx: Context, workers: bool) -> list[HttpConfig]:
+    """Every served variant, side by side: twotower on each kind; on the ANN kind twotower and the
+    glue peer at each process count (several twotower processes share their state through Redis,
+    so twotower also runs 1 process on Redis, for the same store at both counts), and twotower
+    with the compute in a thread (a hot-path choice). `workers`: `twotower serve --workers` exists."""
     plan = ctx.plan
     ann = ctx.ann_kind if ctx.ann_kind in plan.http_kinds else None
-    out: list[tuple[str, str, str, int, bool | None]] = [
-        (f"twotower {k}", "twotower", k, 1, None) for k in plan.http_kinds if k != ann
-    ]
-    if ann is not None:
-        for n in plan.processes:
-            proc = f"{n} process" + ("es" if n > 1 else "")
-            out.append((f"twotower {ann}, {proc}", "twotower", ann, n, None))
-            out.append((f"glue peer {ann}, {proc}", "glue", ann, n, None))
-        out.append((f"twotower {ann}, compute_in_thread=true", "twotower", ann, 1, True))
+    out = [HttpConfig(f"twotower {k}", "twotower", k) for k in plan.http_kinds if k != ann]
+    if ann is None:
+        return out
+    multi = workers and any(n > 1 for n in plan.processes)
+    for n in plan.processes:
+        proc = f"{n} process" + ("es" if n > 1 else "")
+        if n == 1:
+            out.append(HttpConfig(f"twotower {ann}, 1 process", "twotower", ann))
+            if multi:
+                out.append(HttpConfig(f"twotower {ann}, 1 process, redis", "twotower", ann, 1, None, True))
+        elif workers:
+            out.append(HttpConfig(f"twotower {ann}, {proc}, redis", "twotower", ann, n, None, True))
+        else:
+            log.error("twotower serve has no --workers here: twotower with %s left out of this run", proc)
+        out.append(HttpConfig(f"glue peer {ann}, {proc}", "glue", ann, n))
+    out.append(HttpConfig(f"twotower {ann}, compute_in_thread=true", "twotower", ann, 1, True))
     return out
 
 
 def start_variant(
-    ctx: Context, stack: contextlib.ExitStack, config: tuple[str, str, str, int, bool | None]
+    ctx: Context, stack: contextlib.ExitStack, c: HttpConfig, redis_url: str | None, workers: bool
 ) -> Variant | None:
-    label, server, kind, n, in_thread = config
-    log.info("starting %s", label)
-    logf = ctx.log_file(f"serve-{label.replace(' ', '_').replace(',', '').replace('=', '-')}")
+    log.info("starting %s", c.label)
+    logf = ctx.log_file("serve-" + "".join(ch if ch.isalnum() else "_" for ch in c.label))
     svc: ServiceProcess
-    if server == "glue":
-        index_dir = ctx.index_root(kind) / ctx.version
-        svc = GlueProcess(ctx.model_store / ctx.version, index_dir, ctx.data, logf, workers=n)
+    if c.server == "glue":
+        index_dir = ctx.index_root(c.kind) / ctx.version
+        svc = GlueProcess(ctx.model_store / ctx.version, index_dir, ctx.data, logf, workers=c.processes)
     else:
-        extra = {} if in_thread is None else {"TWOTOWER_RUNTIME__COMPUTE_IN_THREAD": str(in_thread).lower()}
-        svc = ServiceProcess(ctx.service_env(kind, **extra), logf, workers=n)
+        extra = (
+            {} if c.in_thread is None else {"TWOTOWER_RUNTIME__COMPUTE_IN_THREAD": str(c.in_thread).lower()}
+        )
+        if c.redis:
+            assert redis_url is not None
+            extra["TWOTOWER_REDIS_URL"] = redis_url
+        svc = ServiceProcess(ctx.service_env(c.kind, **extra), logf, workers=c.processes)
+        svc.pass_workers = workers  # `--workers 1` too: with Redis the default is every core
     try:
         stack.enter_context(svc)
-    except RuntimeError as exc:  # e.g. a twotower without `serve --workers`: the rest still runs
-        log.error("%s did not start, left out of this run: %s", label, exc)
+    except RuntimeError as exc:  # a variant that cannot start: the rest still runs
+        log.error("%s did not start, left out of this run: %s", c.label, exc)
         return None
-    return Variant(label, kind, in_thread, svc, server=server, processes=n)
+    store = "redis" if c.redis else "in-process"
+    return Variant(c.label, c.kind, c.in_thread, svc, server=c.server, processes=c.processes, store=store)
 
 
 @step("http")
 def measure_http(ctx: Context) -> None:
     plan = ctx.plan
     bodies = recall_bodies(ctx, plan.pool_users, ctx.tmp / "recall.jsonl")
+    workers = serve_has_workers()
+    configs = http_configs(ctx, workers)
     with contextlib.ExitStack() as stack:
-        variants = [v for c in http_configs(ctx) if (v := start_variant(ctx, stack, c)) is not None]
+        redis_url = None
+        if any(c.redis for c in configs):
+            redis = stack.enter_context(RedisServer(ctx.tmp, ctx.data))
+            redis_url = redis.url
+            log.info("redis-server of the bench's own at %s, %d users loaded", redis.url, redis.users)
+        variants = [v for c in configs if (v := start_variant(ctx, stack, c, redis_url, workers)) is not None]
         sweep(ctx, variants, bodies)
         runs = [variant_result(v) for v in variants]
         by_label = {v.label: v for v in variants}
@@ -465,7 +498,7 @@ def measure_http(ctx: Context) -> None:
                 r
                 for r in runs
                 if r["server"] == "twotower" and r["kind"] == ctx.ann_kind and r["processes"] == 1
-                if r["compute_in_thread"] is None
+                if r["compute_in_thread"] is None and r["store"] == "in-process"
             ),
             None,
         )
@@ -530,7 +563,10 @@ def measure_swap(ctx: Context) -> None:
         (
             r
             for r in ctx.results.get("http", [])
-            if r["kind"] == kind and r.get("server", "twotower") == "twotower" and r.get("processes", 1) == 1
+            if r["kind"] == kind
+            and r.get("server", "twotower") == "twotower"
+            and r.get("processes", 1) == 1
+            and r.get("store", "in-process") == "in-process"
         ),
         None,
     )

@@ -88,6 +88,7 @@ class ServiceProcess:
         self.port = free_port()
         self.ready_timeout_s = ready_timeout_s
         self.workers = workers
+        self.pass_workers = False  # `--workers 1` too (where `serve` takes it: its default may be the cores)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -103,7 +104,7 @@ class ServiceProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
         env = {**base, "TWOTOWER_LOG_LEVEL": "WARNING", "TWOTOWER_SHUTDOWN_DRAIN_S": "0", **self.env}
         cmd = [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--host", "127.0.0.1"]
-        if self.workers > 1:
+        if self.workers > 1 or self.pass_workers:
             cmd += ["--workers", str(self.workers)]
         return [*cmd, "--port", str(self.port)], env
 
@@ -228,3 +229,72 @@ class GlueProcess(ServiceProcess):
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         return cmd, env
+
+
+def serve_has_workers() -> bool:
+    """Whether this checkout's `twotower serve` takes `--workers` (several serving processes)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    return "--workers" in out.stdout
+
+
+class RedisServer:
+    """A redis-server of the bench's own on a free loopback port, without persistence, holding the
+    users (features and histories) as `twotower load` writes them: several twotower processes share
+    their state through Redis, so their feature lookups go there.
+
+    with RedisServer(workdir, data_dir) as redis: env["TWOTOWER_REDIS_URL"] = redis.url
+    """
+
+    def __init__(self, workdir: Path, data_dir: Path) -> None:
+        self.workdir = workdir
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.users = 0
+
+    def __enter__(self) -> RedisServer:
+        import shutil
+
+        import redis
+
+        from app.state.load import load_into_redis
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    self.__exit__(None, None, None)
+                    raise RuntimeError("redis-server did not answer within 10 s") from None
+                time.sleep(0.05)
+        client.close()
+        # The users only (what /recall reads): the same files with an empty catalog beside them.
+        users_only = self.workdir / "data-users-only"
+        users_only.mkdir(exist_ok=True)
+        for f in self.data_dir.iterdir():
+            if f.name.startswith("items."):
+                (users_only / f.name).write_text("")
+            elif not (users_only / f.name).exists():
+                (users_only / f.name).symlink_to(f)
+        self.users, _ = load_into_redis(self.url, users_only)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

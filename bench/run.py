@@ -442,7 +442,7 @@ def http_configs(ctx: Context, workers: bool) -> list[HttpConfig]:
 
 
 def start_variant(
-    ctx: Context, stack: contextlib.ExitStack, c: HttpConfig, redis_url: str | None, workers: bool
+    ctx: Context, stack: contextlib.ExitStack, c: HttpConfig, redis_url: str | None
 ) -> Variant | None:
     log.info("starting %s", c.label)
     logf = ctx.log_file("serve-" + "".join(ch if ch.isalnum() else "_" for ch in c.label))
@@ -458,7 +458,6 @@ def start_variant(
             assert redis_url is not None
             extra["TWOTOWER_REDIS_URL"] = redis_url
         svc = ServiceProcess(ctx.service_env(c.kind, **extra), logf, workers=c.processes)
-        svc.pass_workers = workers  # `--workers 1` too: with Redis the default is every core
     try:
         stack.enter_context(svc)
     except RuntimeError as exc:  # a variant that cannot start: the rest still runs
@@ -480,7 +479,7 @@ def measure_http(ctx: Context) -> None:
             redis = stack.enter_context(RedisServer(ctx.tmp, ctx.data))
             redis_url = redis.url
             log.info("redis-server of the bench's own at %s, %d users loaded", redis.url, redis.users)
-        variants = [v for c in configs if (v := start_variant(ctx, stack, c, redis_url, workers)) is not None]
+        variants = [v for c in configs if (v := start_variant(ctx, stack, c, redis_url)) is not None]
         sweep(ctx, variants, bodies)
         runs = [variant_result(v) for v in variants]
         by_label = {v.label: v for v in variants}

@@ -3,6 +3,7 @@ glue peer (`uvicorn bench.glue:app --workers N`), each on a free port, stopped o
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -88,7 +89,6 @@ class ServiceProcess:
         self.port = free_port()
         self.ready_timeout_s = ready_timeout_s
         self.workers = workers
-        self.pass_workers = False  # `--workers 1` too (where `serve` takes it: its default may be the cores)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,7 +104,8 @@ class ServiceProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
         env = {**base, "TWOTOWER_LOG_LEVEL": "WARNING", "TWOTOWER_SHUTDOWN_DRAIN_S": "0", **self.env}
         cmd = [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--host", "127.0.0.1"]
-        if self.workers > 1 or self.pass_workers:
+        # `--workers 1` too where `serve` takes it: with Redis its default is every core.
+        if self.workers > 1 or serve_has_workers():
             cmd += ["--workers", str(self.workers)]
         return [*cmd, "--port", str(self.port)], env
 
@@ -231,6 +232,7 @@ class GlueProcess(ServiceProcess):
         return cmd, env
 
 
+@functools.cache
 def serve_has_workers() -> bool:
     """Whether this checkout's `twotower serve` takes `--workers` (several serving processes)."""
     out = subprocess.run(

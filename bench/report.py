@@ -332,7 +332,7 @@ def section_floor(results: Mapping[str, Any]) -> str:
                 c1["p50_ms"] if c1 else None,
                 f"{c1['p50_ms'] / f['p50_ms']:.2f}x" if c1 else None,
                 round(run["max_rps"]) if run else None,
-                f"{g1['p50_ms']} ms, {g1['p50_ms'] / f['p50_ms']:.2f}x" if g1 else "–",
+                f"{fmt(g1['p50_ms'])} ms, {g1['p50_ms'] / f['p50_ms']:.2f}x" if g1 else "–",
             ]
         )
     return table(

@@ -5,40 +5,25 @@ mapping it in equal parts, so the sum over the service's processes is what the s
 host: a build's memory-mapped files count once however many processes serve them, while RSS would
 count them once per process. RSS is reported beside it.
 
-The step starts the ANN service with 1 and then 2 processes on the same index store (a redis-server
-of its own: more than one process needs Redis), warms each with /recall load, and reads the tree's
-PSS. Evidence beside the figure: which processes have the build's index file mapped.
+The step starts the ANN service with 1 and then 2 processes on the same index store (on the
+bench's own redis-server, bench.server.RedisServer: more than one process needs Redis), warms each
+with /recall load, and reads the tree's PSS. Evidence beside the figure: which processes have the
+build's index file mapped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.load import LoadSpec, run_load, write_bodies
-from bench.server import ServiceProcess, free_port
+from bench.server import RedisServer, ServiceProcess, tree_pids
 
 log = logging.getLogger("bench")
 _KB = 1024.0
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (from /proc/<pid>/task/*/children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    return out
 
 
 def smaps_rollup(pid: int) -> dict[str, float]:
@@ -55,7 +40,7 @@ def smaps_rollup(pid: int) -> dict[str, float]:
 def service_memory(pid: int, mapped: str | None = None) -> dict[str, Any]:
     """PSS and RSS of `pid`'s whole process tree, MiB; `mapped`: count the processes mapping it."""
     procs = []
-    for p in descendants(pid):
+    for p in tree_pids(pid):
         try:
             m = smaps_rollup(p)
             maps = Path(f"/proc/{p}/maps").read_text() if mapped else ""
@@ -82,29 +67,11 @@ def service_memory(pid: int, mapped: str | None = None) -> dict[str, Any]:
     }
 
 
-class Redis:
-    """A redis-server of the bench's own on a free loopback port, no persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("the memory step needs redis-server (apt-get install redis-server)")
-        cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 def measure_memory(ctx: Any, users: list[dict[str, Any]], workers: tuple[int, ...] = (1, 2)) -> None:
     """results["memory"]: the service's PSS with each number of processes, and the ratio 2 : 1.
 
-    The warm-up requests carry each user's features (this step's Redis holds none), so that they
-    search with as many distinct query vectors as the other steps do."""
+    The warm-up requests carry each user's features (each run has its own Redis prefix, which holds
+    none), so that they search with as many distinct query vectors as the other steps do."""
     plan = ctx.plan
     bodies = write_bodies(
         ctx.tmp / "memory.jsonl",
@@ -117,9 +84,8 @@ def measure_memory(ctx: Any, users: list[dict[str, Any]], workers: tuple[int, ..
     root = ctx.index_root(kind)
     current = json.loads((root / ctx.version / "CURRENT").read_text())["build_id"]
     index_file = str(root / ctx.version / current / "index.faiss")
-    redis = Redis(ctx.tmp)
     runs: dict[str, Any] = {}
-    try:
+    with RedisServer(ctx.tmp, ctx.data) as redis:
         for n in workers:
             env = ctx.service_env(kind, TWOTOWER_REDIS_URL=redis.url, TWOTOWER_REDIS_PREFIX=f"m{n}:")
             with ServiceProcess(env, ctx.log_file(f"serve-memory-{n}"), workers=n) as svc:
@@ -147,8 +113,6 @@ def measure_memory(ctx: Any, users: list[dict[str, Any]], workers: tuple[int, ..
                     mem["rss_mb"],
                     mem["mapping_index"],
                 )
-    finally:
-        redis.stop()
     out: dict[str, Any] = {"kind": kind, "items": plan.items, "runs": runs}
     if "1" in runs and "2" in runs:
         out["ratio_pss"] = round(runs["2"]["pss_mb"] / runs["1"]["pss_mb"], 3)

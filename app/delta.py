@@ -10,6 +10,11 @@ is small) and merged with the snapshot's answer. When a build swaps in, entries 
 
 Applying is idempotent by sequence number: the replica that takes a change applies it before
 answering, and its poll applies the same change again without effect.
+
+Memory stays bounded by what is pending: each version holds only the changes after its build's
+`changes_seq`, and the newest change per id kept for versions seen later (`_latest`) is pruned up
+to the lowest `changes_seq` among the versions served. A version that shows up later with an older
+build (below that mark) reads what it lacks from the log at the next poll.
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class _Version:
     floor: int
     entries: dict[str, _Entry] = field(default_factory=dict)
     view: DeltaView = EMPTY
+    gap: int = 0  # changes in (floor, gap] were pruned from `_latest` before this version came: re-read
 
 
 class CatalogDelta:
@@ -138,12 +144,18 @@ class CatalogDelta:
         self.metrics = metrics
         self.cursor = 0  # the last sequence number read from the log by the poll
         self._latest: dict[str, dict[str, Any]] = {}  # item id -> its newest change (for new versions)
+        self._pruned = 0  # `_latest` holds no change at or below this seq
         self._versions: dict[str, _Version] = {}
         self._lock = threading.Lock()
 
     def view(self, tag: str) -> DeltaView:
         state = self._versions.get(tag)
         return state.view if state is not None else EMPTY
+
+    @property
+    def held(self) -> int:
+        """Newest-change copies kept for versions seen later (pruned as builds fold them in)."""
+        return len(self._latest)
 
     def pending(self, tag: str) -> int:
         state = self._versions.get(tag)
@@ -155,10 +167,28 @@ class CatalogDelta:
         """Read the log from the cursor and apply what is new (in a thread: it runs item towers)."""
         import anyio
 
+        for tag, state in list(self._versions.items()):
+            if tag in versions and state.gap > state.floor:  # a version that came after a prune
+                gap = state.gap
+                missed = await store.changes_since(state.floor)
+                await anyio.to_thread.run_sync(self.apply, missed, {tag: versions[tag]}, floors)
+                state.gap = 0 if state.gap == gap else state.gap
         changes = await store.changes_since(self.cursor)
         await anyio.to_thread.run_sync(self.apply, changes, versions, floors)
         if changes:
             self.cursor = max(self.cursor, max(int(c["seq"]) for c in changes))
+        self.prune(versions)
+
+    def prune(self, versions: Collection[str]) -> None:
+        """Forget the newest-change copies every served version's build already holds."""
+        with self._lock:
+            states = [self._versions[t] for t in versions if t in self._versions]
+            if not states or len(states) < len(versions):
+                return
+            low = min(state.floor for state in states)
+            if low > self._pruned:
+                self._latest = {i: c for i, c in self._latest.items() if int(c["seq"]) > low}
+                self._pruned = low
 
     def apply(
         self, changes: list[dict[str, Any]], versions: Mapping[str, ServedVersion], floors: Mapping[str, int]
@@ -176,6 +206,8 @@ class CatalogDelta:
                 if state is None:  # a version seen for the first time: every change it lacks
                     state = self._versions[tag] = _Version(floors.get(tag, 0))
                     todo = list(self._latest.values())
+                    if state.floor < self._pruned:  # some of them are no longer here: the poll reads them
+                        state.gap = self._pruned
                 changed = self._drop_through(state, floors.get(tag, 0))
                 changed |= self._apply_one(tag, served, state, todo)
                 if changed:

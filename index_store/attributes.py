@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from index_store.filter_cache import MaskCache
 from models.errors import ArtifactError
 from models.features import FieldSpec, TowerSchema
 
@@ -66,6 +67,7 @@ class Attributes:
 
     size: int
     columns: Mapping[str, Column] = field(default_factory=dict)  # by schema field name
+    masks: MaskCache = field(default_factory=MaskCache, repr=False)  # the filters last asked of it
 
     def describe(self) -> dict[str, str]:
         """Field -> column type, as the build manifest records it."""

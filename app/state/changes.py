@@ -18,10 +18,11 @@ ever uses the newest change of an id (a replica's delta, a build's fold), whatev
 it reads from, so dropping the older ones never changes what anyone sees: no reader, build or
 replica, needs to be waited for. The newest change itself stays, even once every build holds it:
 a build re-reads the catalog of record (the data files, or `twotower load`'s catalog in Redis),
-which the service never writes, so the log is the only record of an upsert or a delete. The log is thus bounded by the number of distinct ids changed, not by
-the number of changes. Redis drops an id's older entry in the same script that appends the new
-one; the file is rewritten (under the append lock, atomically) whenever it has doubled since its
-last compaction and is past `compact_bytes`.
+which the service never writes, so the log is the only record of an upsert or a delete. The log
+is thus bounded by the number of distinct ids changed, not by the number of changes. Redis drops
+an id's older entry in the same script that appends the new one; the file is rewritten (under
+the append lock, atomically) whenever it has doubled since its last compaction and is past
+`compact_bytes`.
 """
 
 from __future__ import annotations

@@ -96,6 +96,7 @@ def _exact_cached(
     snap: Snapshot, query: np.ndarray, hidden: list[int], rows: FilterRows, want: int
 ) -> list[tuple[str, float]]:
     if rows.count * 4 >= snap.size:  # most rows: the plain scan (one product over all) is no dearer
+        # (FilterRows.nbytes counts the row numbers only below this share)
         eligible = rows.mask.copy()
         eligible[hidden] = False
         return exact_scan(snap, query, eligible, rows.count - len(hidden), want)

@@ -95,12 +95,13 @@ class FileChangeLog:
         # its inode and its first line: an inode number is reused once freed (two compactions
         # later), a first line never (a compacted file's header holds its last seq).
         self._tail: tuple[int, int, tuple[int, bytes]] = (0, 0, (-1, b""))
+        self._tail_lock = threading.Lock()  # a poll reads while an append of this process reads
 
     def append(self, changes: list[Change]) -> list[Change]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._mutex, file_lock(self.lock_path):
-            done = self.read_since(self._tail[1])
-            first = max([self._tail[1], *(int(c["seq"]) for c in done)]) + 1
+            # The last seq from this very read: the tail may move under a concurrent poll's read.
+            first = self._read(self._tail[1])[1] + 1
             stamped = _stamped(changes, first)
             data = "".join(json.dumps(c, sort_keys=True) + "\n" for c in stamped).encode()
             with open(self.path, "ab") as f:
@@ -132,8 +133,8 @@ class FileChangeLog:
     def _compact(self) -> None:
         """Under the lock. A crash leaves the old file or the new one, both complete: the new one is
         written beside it, fsynced and renamed over it."""
-        kept = newest(self.read_since(0))
-        last = max((int(c["seq"]) for c in kept), default=self._tail[1])
+        everything, last = self._read(0)
+        kept = newest(everything)
         body = "".join(json.dumps(c, sort_keys=True) + "\n" for c in kept).encode()
         tmp = self.path.with_name(f".{self.path.name}.compact")
         header = b""
@@ -156,17 +157,24 @@ class FileChangeLog:
             return f.read(1) == b"\n"
 
     def read_since(self, seq: int) -> list[Change]:
-        offset, last, known = self._tail
+        return self._read(seq)[0]
+
+    def _read(self, seq: int) -> tuple[list[Change], int]:
+        """The changes after `seq`, and the last seq in the file (as far as its complete lines go)."""
+        with self._tail_lock:
+            offset, last, known = self._tail
         try:
             with open(self.path, "rb") as f:
                 ident = (os.fstat(f.fileno()).st_ino, f.readline())
                 if ident != known:  # first read, or the file was compacted since: start over
                     offset, last = 0, 0
                 start = offset if seq >= last else 0
+                if start == 0:
+                    last = 0  # counted again from the lines
                 f.seek(start)
                 data = f.read()
         except FileNotFoundError:
-            return []
+            return [], 0
         end = data.rfind(b"\n") + 1  # a last line without its newline is still being written
         out = []
         for line in data[:end].splitlines():
@@ -177,14 +185,16 @@ class FileChangeLog:
             if not isinstance(change, dict):
                 continue
             if isinstance(change.get(_HEADER), dict):  # a compacted file: the last seq it held
-                last = max(last, int(change[_HEADER].get("seq", 0))) if start == offset else last
+                last = max(last, int(change[_HEADER].get("seq", 0)))
             elif isinstance(change.get("seq"), int):
-                last = max(last, change["seq"]) if start == offset else last
+                last = max(last, change["seq"])
                 if change["seq"] > seq:
                     out.append(change)
-        if start == offset:
-            self._tail = (start + end, last, ident)
-        return out
+        with self._tail_lock:  # only ever forward: a slower concurrent read must not move it back
+            cur_offset, _, cur_ident = self._tail
+            if cur_ident != ident or start + end > cur_offset:
+                self._tail = (start + end, last, ident)
+        return out, last
 
 
 class RedisChangeLog:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -197,11 +198,16 @@ def test_file_compaction_races_appends_a_poll_and_a_build(tmp_path: Path) -> Non
     ]
     for p in procs:
         p.start()
-    poller, builder = FileChangeLog(path), FileChangeLog(path)
+    # The poller also appends from a thread, as a serving process does (its poll and its PUTs share
+    # one log object): a poll's read must not move the tail an append counts from.
+    poller, builder = FileChangeLog(path, compact_bytes=4096), FileChangeLog(path)
+    mine: list[dict[str, Any]] = []
+    local = threading.Thread(target=lambda: [mine.extend(poller.append(b)) for b in _batches(120, 13)])
+    local.start()
     seen: dict[str, dict[str, Any]] = {}
     cursor = 0
     builds = []
-    while any(p.is_alive() for p in procs):
+    while any(p.is_alive() for p in procs) or local.is_alive():
         for c in poller.read_since(cursor):
             if c["item_id"] not in seen or seen[c["item_id"]]["seq"] < c["seq"]:
                 seen[c["item_id"]] = c
@@ -211,7 +217,9 @@ def test_file_compaction_races_appends_a_poll_and_a_build(tmp_path: Path) -> Non
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
+    local.join()
     history = [c for seed in (10, 11, 12) for c in json.loads((tmp_path / f"out{seed}.json").read_text())]
+    history += mine
     assert sorted(c["seq"] for c in history) == list(range(1, len(history) + 1))  # one seq each
     for c in poller.read_since(cursor):
         if c["item_id"] not in seen or seen[c["item_id"]]["seq"] < c["seq"]:

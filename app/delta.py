@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index_store.attributes import AttributeCollector, Attributes
+from index_store.attributes import AttributeCollector, Attributes, concat
 from index_store.filters import filter_mask
 from index_store.snapshot import Snapshot
 from models.errors import FeatureError
@@ -208,10 +208,14 @@ class CatalogDelta:
                     todo = list(self._latest.values())
                     if state.floor < self._pruned:  # some of them are no longer here: the poll reads them
                         state.gap = self._pruned
-                changed = self._drop_through(state, floors.get(tag, 0))
-                changed |= self._apply_one(tag, served, state, todo)
-                if changed:
-                    state.view = _view(state, served)
+                dropped = self._drop_through(state, floors.get(tag, 0))
+                before = dict(state.entries)
+                changed = self._apply_one(tag, served, state, todo)
+                if dropped or changed:
+                    # The common case, new items only: the view grows by their rows (O(batch));
+                    # anything else (a replaced or deleted id, a build folding entries in): rebuilt.
+                    grown = None if dropped else _grown(state.view, before, state, served)
+                    state.view = grown if grown is not None else _view(state, served)
                 self.metrics.delta_items.labels(tag).set(len(state.entries))
 
     def _drop_through(self, state: _Version, floor: int) -> bool:
@@ -253,6 +257,31 @@ class CatalogDelta:
             for c, row, vec in zip(upserts, rows, vectors, strict=True):
                 state.entries[c["item_id"]] = _Entry(int(c["seq"]), np.asarray(vec, dtype=np.float32), row)
         return bool(latest)
+
+
+def _grown(
+    view: DeltaView, before: Mapping[str, _Entry], state: _Version, served: ServedVersion
+) -> DeltaView | None:
+    """`view` with the upserts of ids it had no entry for appended, or None if anything else changed."""
+    new = [(i, e) for i, e in state.entries.items() if before.get(i) is not e]
+    if not new or any(i in before or e.vector is None or e.row is None for i, e in new):
+        return None
+    if len(view.shadow) != len(before):  # not the view of `before` (cannot happen; be sure)
+        return None
+    collector = AttributeCollector(served.manifest.features.item)
+    for _ in collector.watch([e.row for _, e in new if e.row is not None]):
+        pass
+    attributes = concat(view.attributes, collector.finish())
+    if attributes is None:
+        return None
+    vectors = np.stack([e.vector for _, e in new if e.vector is not None]).astype(np.float32)
+    return DeltaView(
+        shadow=view.shadow | {i for i, _ in new},
+        ids=np.concatenate([view.ids, np.array([i for i, _ in new], dtype=str)]),
+        vectors=vectors if view.size == 0 else np.concatenate([view.vectors, vectors]),
+        attributes=attributes,
+        row_of={**view.row_of, **{i: view.size + r for r, (i, _) in enumerate(new)}},
+    )
 
 
 def _view(state: _Version, served: ServedVersion) -> DeltaView:

@@ -263,6 +263,10 @@ def targets(results: Mapping[str, Any]) -> list[list[Any]]:
                     f"{fmt(worst)} ms; build took {fmt(sw['reindex']['wall_s'])} s",
                     worst <= 50,
                 )
+    from bench import retrieval  # here: it imports this module's table helpers
+
+    for name, goal, measured, ok in retrieval.target_rows(results):
+        add(name, goal, measured, ok)
     return rows
 
 
@@ -643,6 +647,12 @@ def section_machine(results: Mapping[str, Any]) -> str:
     )
 
 
+def _section_retrieval(results: Mapping[str, Any]) -> str:
+    from bench import retrieval
+
+    return retrieval.section(results)
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     sections: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
         ("Targets", lambda r: table(["target", "goal", "measured", "verdict"], targets(r))),
@@ -653,6 +663,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         ("Swap under load", section_swap),
         ("ANN recall@100 against exact", section_recall),
         ("Hot-path choices", section_hot_path),
+        ("Filters, /similar and catalog changes", _section_retrieval),
     ]
     out = [section_machine(results)]
     for title, fn in sections:

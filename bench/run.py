@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench import compute, memory, report
+from bench import compute, memory, report, retrieval
 from bench.catalog import ITEMS, synthetic_items, write_data_dir, write_items
 from bench.load import (
     LoadProcess,
@@ -783,6 +783,12 @@ def timeline_of(res: LoadResult, bucket_s: float) -> list[dict[str, float]]:
     return out
 
 
+@step("retrieval")
+def measure_retrieval(ctx: Context) -> None:
+    """Filters (~50%, ~1%), /similar and an upsert stream under load (bench/retrieval.py)."""
+    retrieval.measure(ctx)
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -832,7 +838,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--keep-tmp", action="store_true", help="keep the temporary directory (data, indexes, logs)"
     )
-    p.add_argument("--skip", default="", help="steps to skip, comma-separated: http,swap,memory")
+    p.add_argument("--skip", default="", help="steps to skip, comma-separated: http,swap,memory,retrieval")
     return p.parse_args(argv)
 
 
@@ -875,6 +881,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(measure_swap)
         if "memory" not in skip:
             steps.append(step("memory")(lambda c: memory.measure_memory(c, user_rows(c.data, 200))))
+        if "retrieval" not in skip:
+            steps.append(measure_retrieval)
         for fn in steps:
             fn(ctx)
     finally:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -118,6 +119,7 @@ def connect(options: RayOptions) -> Any:
         return ray
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     if options.address:
+        _probe(options.address, options.connect_timeout_s)
         kwargs["address"] = options.address
     else:
         kwargs.update(include_dashboard=False, num_cpus=os.cpu_count() or 1)
@@ -131,6 +133,18 @@ def connect(options: RayOptions) -> Any:
         where = options.address or "a local Ray instance"
         raise TwoTowerError(f"ray engine: cannot connect to {where}: {_first_line(exc)}") from exc
     return ray
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """Fail fast on a GCS address nobody listens on: ray.init waits on it without end (measured:
+    still waiting after 10 minutes). Only for plain host:port ("auto" and ray:// go to ray.init)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout_s, 10.0)).close()
+    except OSError as exc:
+        raise TwoTowerError(f"ray engine: cannot connect to the Ray cluster at {address}: {exc}") from exc
 
 
 def encode_with_ray(
@@ -257,8 +271,8 @@ def encode_with_ray(
 
 
 def _parquet_meta(files: list[Path], schema: Any) -> tuple[int, int, set[str]]:
-    """Row count and uncompressed bytes of all files, and the columns every file has; a file without the id column (or a
-    field without a default) is refused here, before any cluster work."""
+    """Row count and uncompressed bytes of all files, and the columns every file has; a file
+    without the id column (or a field without a default) is refused here, before any cluster work."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -30,6 +31,7 @@ class LocalCluster:
         self.cpus = cpus
         self.port = free_port()
         self.nodes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Any] = []
 
     @property
     def address(self) -> str:
@@ -48,7 +50,8 @@ class LocalCluster:
         args = [*cmd, f"--num-cpus={self.cpus}", "--include-dashboard=false", "--disable-usage-stats"]
         if "--head" not in cmd:
             args.remove("--include-dashboard=false")
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  # closed with the process
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  # closed in stop()
+        self.logs.append(log)
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV)
 
     def _wait_nodes(self, count: int, timeout_s: float = 90.0) -> None:
@@ -79,6 +82,8 @@ class LocalCluster:
             _kill_tree(p.pid)
         for p in self.nodes:
             p.wait(timeout=30)
+        for log in self.logs:
+            log.close()
 
 
 def _tree(pid: int) -> list[psutil.Process]:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from bench import compute
 from bench.catalog import synthetic_items, synthetic_users, write_users
-from bench.load import run_wrk, wrk_available, write_bodies
+from bench.load import run_wrk, write_bodies, wrk_available
 from bench.server import ServiceProcess
 from models.manifest import list_versions, load_version
 

@@ -158,3 +158,9 @@ def test_two_node_cluster_builds_what_the_local_engine_builds(
     per_node = json.loads(line.split("rows per node ")[1].replace("'", '"'))
     assert len(per_node) == 2 and sum(per_node.values()) == 200_000, line
     assert leftovers(ray) == []
+
+
+def test_the_serving_path_does_not_import_ray() -> None:
+    code = "import sys, app.main, app.cli, app.reindex.build; sys.exit('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

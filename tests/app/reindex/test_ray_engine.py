@@ -164,3 +164,55 @@ def test_the_serving_path_does_not_import_ray() -> None:
     code = "import sys, app.main, app.cli, app.reindex.build; sys.exit('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_node_lost_during_encoding(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, cluster: object, built: tuple[Path, Path, str]
+) -> None:
+    """A worker node killed (SIGKILL, its raylet and actors) while the catalog is being encoded:
+    Ray moves the work to the node left, and the build is whole; or the build fails with a
+    message. Either way no half-written build and no temporary directory."""
+    from tests.raycluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    _, store, before = built
+    data = write_catalog(tmp_path / "big", manifest, 200_000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    env.update(
+        TWOTOWER_MODEL_STORE=str(model_store),
+        TWOTOWER_DATA_DIR=str(data),
+        TWOTOWER_INDEX_STORE=str(store),
+        TWOTOWER_INDEX__EXACT_THRESHOLD="0",
+        TWOTOWER_INDEX__ANN_FACTORY="IVF{nlist},Flat",
+        RAY_AUTH_MODE="disabled",
+    )
+    cmd = [sys.executable, "-m", "app.cli", "reindex", "--engine", "ray", "--ray-address", cluster.address]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "items encoded" in line:  # the first shard is back: encoding is under way
+            cluster.kill_node(1)
+            break
+    lines.extend(proc.stderr)
+    proc.stderr.close()
+    code = proc.wait(timeout=300)
+    log = "".join(lines)
+    print(f"node lost during encoding: exit {code}; {log.splitlines()[-1]}")  # which way it went (-s)
+    assert leftovers(store) == []
+    if code == 0:
+        build, bdir = current(store)
+        assert build != before
+        ids = np.load(bdir / "ids.npy")
+        assert ids.tolist() == [r["item_id"] for r in synthetic_items(manifest, 200_000)]
+        from models.runtime import TowerRunner
+
+        runner = TowerRunner(model_store / manifest.version, manifest, "item").load()
+        sample = list(synthetic_items(manifest, 200_000))[-2000:]  # rows of the last shards
+        np.testing.assert_allclose(np.load(bdir / "vectors.npy")[-2000:], runner.embed(sample), atol=1e-6)
+    else:
+        assert code == 2, log[-3000:]
+        assert log.splitlines()[-1].startswith("error: ray engine"), log[-3000:]
+        assert current(store)[0] == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import faiss
@@ -40,6 +41,11 @@ class Snapshot:
     kind: str = "exact"
     threads: int = 1  # Faiss threads per search call; 1 suits one query per request
     attributes: Attributes | None = None  # the filterable fields' columns (None: built before filters)
+
+    @cached_property
+    def _params(self) -> faiss.SearchParameters | None:
+        """The Faiss parameters object of `search_params`, made once per build, not per request."""
+        return search_parameters(self.kind, self.search_params)
 
     @property
     def size(self) -> int:
@@ -82,7 +88,7 @@ class Snapshot:
         # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.
         set_faiss_threads(self.threads)
         iq = pad_queries(q, self.index.d)  # the MIPS coordinate of a dot model's ANN index (build.py)
-        scores, rows = self.index.search(iq, fetch, params=search_parameters(self.kind, self.search_params))
+        scores, rows = self.index.search(iq, fetch, params=self._params)
         out = [self._pick(scores[i], rows[i], banned[i], want[i]) for i in range(nq)]
         short = [i for i in range(nq) if len(out[i]) < want[i]]
         if short and self.kind in (IVF, HNSW):

@@ -11,7 +11,7 @@ export TWOTOWER_DATA_DIR ?= $(DATA)
 export TWOTOWER_INDEX_STORE ?= var/index
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint train bench bench-quick data index clean redis-server
+.PHONY: help serve test lint train bench bench-quick bench-10m data index clean redis-server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,8 +24,9 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	@touch $@
 
+# The ray extra too: the Ray engine's tests start a two-node cluster (a fresh venv: ~3 min more).
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,train]'
+	$(BIN)/pip install -q -e '.[dev,train,ray]'
 	@touch $@ $(VENV)/.serve
 
 $(DATA)/items.jsonl: | $(VENV)/.serve
@@ -65,6 +66,13 @@ bench: $(VENV)/.bench ## the full benchmark (see bench/README.md); `make bench-q
 
 bench-quick: $(VENV)/.bench
 	$(BIN)/python -m bench.run --quick
+
+$(VENV)/.bench-ray: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench,ray]'
+	@touch $@ $(VENV)/.serve
+
+bench-10m: $(VENV)/.bench-ray ## 10M items on one box, both engines (not in CI; see docs/SCALE.md)
+	$(BIN)/python -m bench.tenm $(BENCH_ARGS)
 
 clean: ## remove the venv, data and built indexes
 	rm -rf $(VENV) var data

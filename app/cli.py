@@ -39,6 +39,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         fence_token=args.fence_token,
         json_progress=args.json_progress,
         allow_shrink=args.allow_shrink,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
 
 
@@ -152,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build even if the catalog shrank below index.max_shrink of the current build's",
     )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        help="who encodes the catalog (default: index.engine, local): ray needs the ray extra",
+    )
+    p.add_argument("--ray-address", help="a running Ray cluster (default: index.ray_address, else one node)")
     p.add_argument("--build-id", help=argparse.SUPPRESS)
     p.add_argument("--fence-token", help=argparse.SUPPRESS)
     p.add_argument("--json-progress", action="store_true", help=argparse.SUPPRESS)

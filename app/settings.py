@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,11 @@ class IndexSettings(BaseModel):
     build_child_threads: int = Field(1, ge=1)
     build_nice: int = Field(19, ge=0, le=19)
     build_cpu_share: float = Field(1.0, gt=0, le=1)
+    # Who encodes the catalog: "local" (this process) or "ray" (Ray Data on a cluster; the `ray`
+    # extra; see docs/SCALE.md). `twotower reindex --engine/--ray-address` override these.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None: a one-node Ray started inside the build
+    ray_actor_threads: int = Field(1, ge=1)  # ONNX Runtime threads per Ray actor (Ray sets OMP to 1)
 
 
 class Runtime(BaseModel):

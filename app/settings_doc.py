@@ -43,7 +43,8 @@ DESCRIPTIONS = {
     "history entries",
     "LIMITS__MAX_UPSERT_ITEMS": "most items in one `PUT /admin/items` (422 beyond, nothing applied)",
     "INDEX__EXACT_THRESHOLD": "catalogs up to this size get an exact inner-product index, larger ones ANN",
-    "INDEX__ANN_FACTORY": "Faiss factory string of the ANN kind; unset = IVF sized from the catalog",
+    "INDEX__ANN_FACTORY": "Faiss factory string of the ANN kind; unset = the cheapest measured of IVF-Flat "
+    "(two nlist) and IVF-SQ8 at the recall floor (docs/INDEX.md)",
     "INDEX__RECALL_FLOOR": "an ANN build must reach this recall@k against exact search, or is refused",
     "INDEX__RECALL_K": "the k of that recall",
     "INDEX__BATCH_SIZE": "items per item-tower batch during a build",
@@ -55,6 +56,9 @@ DESCRIPTIONS = {
     "(a SIGSTOP/SIGCONT duty cycle); 1 = no cap",
     "INDEX__MAX_SHRINK": "a build whose catalog is smaller than this share of the current build's is "
     'refused (0 = off; override: `reindex --allow-shrink`, `{"allow_shrink": true}`)',
+    "INDEX__ENGINE": "who encodes the catalog in a build: `local` or `ray` (the ray extra; docs/SCALE.md)",
+    "INDEX__RAY_ADDRESS": "the Ray cluster of the ray engine; unset = a one-node Ray inside the build",
+    "INDEX__RAY_ACTOR_THREADS": "ONNX Runtime threads of each Ray actor (Ray sets OMP_NUM_THREADS=1)",
     "RUNTIME__ONNX_INTRA_THREADS": "ONNX Runtime threads per request (user tower, item tower in /score)",
     "RUNTIME__ONNX_SPINNING": "let ONNX Runtime spin-wait between calls (burns a core; off)",
     "RUNTIME__FAISS_THREADS": "Faiss threads per search (one query per request: 1 is fastest here)",

@@ -50,10 +50,16 @@ class IndexConfig:
     """
 
     exact_threshold: int = 200_000  # item count up to which the index is exact (flat inner product)
-    ann_factory: str = "IVF{nlist},Flat"  # a Faiss factory string; IVF or HNSW at the top level
+    # A Faiss factory string (IVF or HNSW at the top level), or None: the kind chosen by measured
+    # query cost at the floor among IVF-Flat at two nlist values and IVF-SQ8 (see choose_kind).
+    ann_factory: str | None = None
     nlist_per_sqrt: float = 1.0  # nlist = this * sqrt(N): IVF adds cost N * nlist, 4*sqrt(N) is 4x dearer
     train_per_list: int = 64  # IVF trains k-means on this * nlist sampled vectors, not on all N
     hnsw_ef_construction: int = 80
+    # Seconds the kind search may spend on candidates that need their own coarse quantizer (a
+    # second nlist): each is built only if its predicted train + add time fits what is left.
+    kind_budget_s: float = 3.0
+    cost_queries: int = 100  # tuning queries timed one per call (1 thread) for a candidate's cost
     max_search_param: int = 4096  # the largest nprobe / efSearch tuning may choose
     recall_floor: float = 0.95
     recall_k: int = 100
@@ -189,11 +195,13 @@ def _build_ann(vectors: np.ndarray, config: IndexConfig, queries: np.ndarray | N
     return _check_met(dataclasses.replace(best, recall=recall), config)
 
 
-def _cost(built: BuiltIndex) -> int | None:
-    """The tuned search parameter (nprobe / efSearch), None when the floor was not met."""
+def _cost(built: BuiltIndex) -> float | None:
+    """Measured ms per query at the tuned parameter (else the parameter itself), None below the floor."""
     if built.recall is None or not built.recall["met"]:
         return None
-    return int(next(iter(built.search_params.values())))
+    if "query_ms" in built.recall:
+        return float(built.recall["query_ms"])
+    return float(next(iter(built.search_params.values())))
 
 
 def _check_met(built: BuiltIndex, config: IndexConfig) -> BuiltIndex:
@@ -214,12 +222,16 @@ def _build_variant(
     n, dim = vectors.shape
     rng = np.random.default_rng(config.seed)
     nlist = max(1, min(n, round(config.nlist_per_sqrt * math.sqrt(n))))
-    factory = config.ann_factory.format(nlist=nlist)
     params: dict[str, Any] = {}
     indexed = vectors
     if max_norm is not None:
         indexed = mips_augment(vectors, max_norm)
         params.update(mips="augmented", mips_max_norm=max_norm)
+    if config.ann_factory is None:
+        from index_store.kinds import choose_kind
+
+        return choose_kind(vectors, indexed, nlist, config, queries, max_norm, params)
+    factory = config.ann_factory.format(nlist=nlist)
     try:
         index = faiss.index_factory(indexed.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -360,11 +372,14 @@ def tune(
     config: IndexConfig,
     queries: np.ndarray | None = None,
     max_norm: float | None = None,
+    truth: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[str, int, dict[str, Any]]:
     """The smallest nprobe / efSearch whose measured recall@k reaches the floor (or the best tried).
 
     Recall is measured against exact maximum inner product over the raw `vectors`; `max_norm` says
     the index holds them MIPS-augmented (see the module docstring), so its queries get a 0 appended.
+    `truth` ({} to fill, or filled by an earlier call on the same vectors and queries) keeps the
+    exact neighbours between calls: candidates of one build share them.
     """
     n = vectors.shape[0]
     k = min(config.recall_k, n)
@@ -375,7 +390,12 @@ def tune(
     else:
         queries = recall_queries(vectors, config)
     # 2k exact neighbours: the rows past k that tie the k-th score count as hits too.
-    exact_scores, exact_ids = exact_topk(vectors, queries, 2 * k)
+    if truth is not None and "scores" in truth:
+        exact_scores, exact_ids = truth["scores"], truth["ids"]
+    else:
+        exact_scores, exact_ids = exact_topk(vectors, queries, 2 * k)
+        if isinstance(truth, dict):
+            truth.update(scores=exact_scores, ids=exact_ids, queries=queries)
     kth = exact_scores[:, k - 1]
     near = np.where(exact_scores >= kth[:, None] - tie_tolerance(kth)[:, None], exact_ids, -1)
     exact_ids = exact_ids[:, :k]

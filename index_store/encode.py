@@ -6,16 +6,32 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from index_store.attributes import Attributes
 from models.errors import DataError
 from models.runtime import TowerRunner
 
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class EncodedCatalog:
+    """A catalog through the item tower: ids in catalog order, their vectors and filterable columns."""
+
+    ids: list[str]
+    vectors: np.ndarray  # float32 [N, dim], row i = ids[i]
+    attributes: Attributes
+    engine: str  # "local" or "ray": recorded in the build manifest
+
+
+# An engine: the loaded item tower and a progress callback (running item count) -> the encoded catalog.
+CatalogEncoder = Callable[[TowerRunner, Callable[[int], None] | None], EncodedCatalog]
 
 
 def encode_catalog(

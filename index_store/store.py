@@ -38,7 +38,7 @@ import onnxruntime as ort
 
 from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, Attributes, from_bytes, to_bytes
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
-from index_store.encode import encode_catalog
+from index_store.encode import CatalogEncoder, EncodedCatalog, encode_catalog
 from index_store.idmap import ID_TABLE_FILE, IdMap, build_table
 from index_store.locking import file_lock, pid_alive
 from index_store.snapshot import Snapshot
@@ -276,8 +276,12 @@ class IndexStore:
         users: Iterable[Mapping[str, Any]] = (),
         allow_shrink: bool = False,
         extra_manifest: Mapping[str, Any] | None = None,
+        encoder: CatalogEncoder | None = None,
     ) -> str:
         """Encode `catalog` with the version's item tower, index, verify recall, persist, publish.
+
+        `encoder` replaces the in-process encoding of `catalog` (which is then unused): it gets the
+        loaded item tower and returns ids, vectors and attributes (the Ray engine, index_store.encode_ray).
 
         The caller holds the per-version build lock. `.tmp-*` directories whose writer process is
         gone are removed as leftovers of crashed builds. `fence()` is called under the publish lock
@@ -299,11 +303,15 @@ class IndexStore:
         runner = TowerRunner(Path(model_store) / model_version, model, "item", intra_threads=config.threads)
         runner.load()
         t = time.monotonic()
-        collector = AttributeCollector(model.features.item)
-        ids, vectors = encode_catalog(
-            runner, collector.watch(catalog), batch_size=config.batch_size, progress=progress
-        )
-        attributes = collector.finish()
+        if encoder is not None:
+            encoded = encoder(runner, progress)
+        else:
+            collector = AttributeCollector(model.features.item)
+            ids, vectors = encode_catalog(
+                runner, collector.watch(catalog), batch_size=config.batch_size, progress=progress
+            )
+            encoded = EncodedCatalog(ids, vectors, collector.finish(), "local")
+        ids, vectors, attributes = encoded.ids, encoded.vectors, encoded.attributes
         encode_s = time.monotonic() - t
         _check_unique(ids)
         if not allow_shrink:
@@ -316,6 +324,7 @@ class IndexStore:
         tmp, final = vdir / f"{TMP_PREFIX}{build_id}.{os.getpid()}", vdir / build_id
         tmp.mkdir()
         try:
+            extra_manifest = {"encode_engine": encoded.engine, **(extra_manifest or {})}
             timings = {
                 "encode_s": encode_s,
                 "encode_items_per_s": len(ids) / max(encode_s, 1e-9),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -469,4 +469,29 @@ def catalog_rows(
             row[layout.item_id] = str(rid)
         elif not isinstance(rid, str) or not rid:
             raise DataError(f"{where}: column {layout.item_id!r} must be a non-empty id, got {rid!r}")
+        yield row
+
+
+def check_catalog_columns(path: Path, names: Collection[str], schema: HasTowers) -> None:
+    """Refuse a catalog file (read elsewhere, e.g. by Ray Data) whose columns `names` lack the id
+    column or a field without a default: the message `catalog_rows` gives for the same file."""
+    _check_header(path, set(names), columns_of(schema.item), {})
+
+
+def convert_catalog_rows(
+    rows: Iterable[Mapping[str, Any]], schema: HasTowers, where: str
+) -> Iterator[dict[str, Any]]:
+    """Rows of a Parquet catalog read elsewhere (a Ray Data batch) checked and converted exactly as
+    `catalog_rows` converts the rows of a file: the schema's item columns only, ids as strings."""
+    columns = columns_of(schema.item)
+    id_col = schema.layout.item_id
+    for n, raw in enumerate(rows, 1):
+        loc = f"{where}:row {n}"
+        row = {
+            col: _convert(raw.get(col), ctype, spec, False, loc, col)
+            for col, (ctype, spec) in columns.items()
+        }
+        rid = row.get(id_col)
+        if not isinstance(rid, str) or not rid:
+            raise DataError(f"{loc}: column {id_col!r} must be a non-empty id, got {rid!r}")
         yield row

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.reindex import child
+from app.reindex.engines import RAY, ray_encoder
 from app.settings import Settings
 from models.data import HasTowers
 from models.errors import BuildRefused, DataError, TwoTowerError
@@ -87,8 +88,11 @@ def reindex(
     fence_token: str | None = None,
     json_progress: bool = False,
     allow_shrink: bool = False,
+    engine: str | None = None,
+    ray_address: str | None = None,
 ) -> int:
-    """Build, verify and publish; returns the process exit code."""
+    """Build, verify and publish; returns the process exit code. `engine` / `ray_address`
+    override the settings' (index.engine, index.ray_address)."""
     from app.catalog import sample_users, version_schema
     from app.state import RedisStore
     from app.state.locks import SyncLock, file_lock
@@ -155,6 +159,9 @@ def reindex(
                 stack.enter_context(file_lock(path, on_wait=waiting))
 
             rows, last_change = changed_catalog(settings, schema)
+            encoder = None
+            if (engine or settings.index.engine) == RAY:
+                encoder = ray_encoder(settings, schema, ray_address or settings.index.ray_address)
             published = store.build(
                 Path(settings.model_store),
                 version,
@@ -166,6 +173,7 @@ def reindex(
                 users=sample_users(settings, config.sample_queries, schema),
                 allow_shrink=allow_shrink,
                 extra_manifest={"changes_seq": last_change},
+                encoder=encoder,
             )
         if json_progress:
             print(child.done_line(published, version), flush=True)

@@ -1,0 +1,195 @@
+"""Ten million items on one box: `make bench-10m` (not in CI; `--items` for a smaller run).
+
+    python -m bench.tenm [--items 10000000] [--users 2000] [--engines local,ray] [--seconds 10]
+
+1. A data directory: N synthetic items (bench.catalog) as one Parquet file, and users with
+   histories (users.jsonl, interactions.csv). Generated once per size and kept in the workdir.
+2. `twotower reindex` with each engine, in its own process: wall time, encoding rate, build time,
+   the index kind chosen, recall@100 on user queries (the build's own check, through the user
+   tower), and the process's peak memory (its max RSS; for Ray, the driver's: the actors' RSS is
+   sampled apart, summed over the Ray worker processes).
+3. `twotower serve` on the local engine's build and wrk on /recall (k=100, distinct users):
+   req/s and p99 at a few concurrencies.
+
+Every figure comes with the CPU yardstick and the load average at the start (the machine is shared).
+Results: <workdir>/tenm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench import compute
+from bench.catalog import synthetic_items, synthetic_users, write_users
+from bench.load import run_wrk, write_bodies, wrk_available
+from bench.server import ServiceProcess
+from models.manifest import list_versions, load_version
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "demo"
+CHUNK = 250_000
+
+
+def make_data(out: Path, items: int, users: int) -> Path:
+    """The data directory for `items` items (reused when already complete)."""
+    done = out / "COMPLETE"
+    if done.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_version(DEMO, list_versions(DEMO)[-1])
+    rows = synthetic_items(manifest, items)
+    writer: pq.ParquetWriter | None = None
+    started = time.monotonic()
+    while True:
+        chunk = [row for _, row in zip(range(CHUNK), rows, strict=False)]
+        if not chunk:
+            break
+        table = pa.Table.from_pylist(chunk)
+        if writer is None:
+            writer = pq.ParquetWriter(out / "items.parquet", table.schema)
+        writer.write_table(table, row_group_size=CHUNK)
+    if writer is not None:
+        writer.close()
+    write_users(out, synthetic_users(manifest, users), layout=manifest.features.layout)
+    done.write_text(json.dumps({"items": items, "users": users, "s": time.monotonic() - started}))
+    return out
+
+
+class RaySampler:
+    """Peak summed RSS of the Ray worker processes (ray::*) while a build runs."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            total = 0
+            for p in psutil.process_iter(["name", "memory_info"]):
+                if (p.info["name"] or "").startswith("ray::") and p.info["memory_info"] is not None:
+                    total += p.info["memory_info"].rss
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def __enter__(self) -> RaySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def reindex(data: Path, store: Path, engine: str, log: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    env.update(
+        TWOTOWER_MODEL_STORE=str(DEMO),
+        TWOTOWER_DATA_DIR=str(data),
+        TWOTOWER_INDEX_STORE=str(store),
+        RAY_AUTH_MODE=env.get("RAY_AUTH_MODE", "disabled"),
+    )
+    cmd = [sys.executable, "-m", "app.cli", "reindex", "--engine", engine]
+    # peak RSS of this child alone: the wait4 rusage of the one process (not RUSAGE_CHILDREN's max)
+    started = time.monotonic()
+    with open(log, "wb") as err, RaySampler() as ray_mem:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"reindex --engine {engine} failed ({code}):\n{tail}")
+    (vdir,) = [p for p in store.iterdir() if p.is_dir()]
+    build = json.loads((vdir / "CURRENT").read_text())["build_id"]
+    m = json.loads((vdir / build / "manifest.json").read_text())
+    t = m["timings"]
+    return {
+        "engine": engine,
+        "wall_s": round(wall, 1),
+        "encode_s": t["encode_s"],
+        "encode_items_per_s": round(t["encode_items_per_s"]),
+        "index_s": t["index_s"],
+        "write_s": t.get("write_s"),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "ray_workers_peak_rss_mb": round(ray_mem.peak_mb) if engine == "ray" else None,
+        "factory": m["index"]["factory"],
+        "search_params": m["index"]["search_params"],
+        "candidates": m["index"]["params"].get("candidates"),
+        "recall": m["recall"]["value"] if m["recall"] else None,
+        "recall_queries": m["recall"]["query_source"] if m["recall"] else None,
+        "index_bytes": m["sizes"]["index.faiss"],
+        "build_id": build,
+    }
+
+
+def serve_load(data: Path, store: Path, work: Path, seconds: float, users: int) -> list[dict[str, Any]]:
+    if wrk_available() is None:
+        return [{"skipped": "wrk is not installed"}]
+    ids = [json.loads(line)["user_id"] for line in (data / "users.jsonl").read_text().splitlines()]
+    random.Random(0).shuffle(ids)
+    bodies = write_bodies(work / "recall.jsonl", [{"user_id": u, "k": 100} for u in ids[:users]])
+    env = {
+        "TWOTOWER_MODEL_STORE": str(DEMO),
+        "TWOTOWER_DATA_DIR": str(data),
+        "TWOTOWER_INDEX_STORE": str(store),
+    }
+    out = []
+    with ServiceProcess(env, log=work / "serve.log", ready_timeout_s=600) as svc:
+        out.append({"service_rss_mb": svc.memory()})
+        run_wrk(svc.port, "/recall", bodies, 8, 2, work)  # warm-up
+        for c in (8, 32):
+            out.append(run_wrk(svc.port, "/recall", bodies, c, seconds, work))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.tenm", description=__doc__)
+    p.add_argument("--items", type=int, default=10_000_000)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--engines", default="local,ray")
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench-10m")
+    args = p.parse_args(argv)
+    work: Path = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "items": args.items,
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "yardstick_python_loop_ms": compute.calibrate(repeats=1)["python_loop_ms"],
+    }
+    t = time.monotonic()
+    data = make_data(work / f"data-{args.items}", args.items, args.users)
+    result["data_s"] = round(time.monotonic() - t, 1)
+    print(f"data ready in {result['data_s']}s: {data}", flush=True)
+    for engine in args.engines.split(","):
+        store = work / f"index-{args.items}-{engine}"
+        result[engine] = reindex(data, store, engine, work / f"reindex-{engine}.log")
+        print(json.dumps(result[engine]), flush=True)
+    if "local" in result and "ray" in result:
+        result["ray_over_local_wall"] = round(result["ray"]["wall_s"] / result["local"]["wall_s"], 2)
+    serve_store = work / f"index-{args.items}-{args.engines.split(',')[0]}"
+    result["serve"] = serve_load(data, serve_store, work, args.seconds, args.users)
+    result["loadavg_at_end"] = os.getloadavg()
+    result["own_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    (work / "tenm.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

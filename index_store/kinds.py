@@ -1,0 +1,197 @@
+"""The ANN kind of a build chosen by measured query cost at the recall floor, within a build budget.
+
+Candidates (ann_factory unset):
+- IVF{nlist},Flat, nlist = sqrt(N): the coarse quantizer is trained once on a sample, and every
+  vector's list is assigned once; IVF{nlist},SQ8 reuses both (8-bit codes: a quarter of the
+  memory, a little more nprobe for the same recall).
+- IVF{2 nlist},Flat: fewer vectors per list, but its own quantizer (4x the base's k-means: twice
+  the points on twice the centroids) and assignment (2x); built only if its time, predicted from
+  the base's measured times, fits `kind_budget_s`.
+
+Each candidate's nprobe is tuned to the floor on the build's queries (the exact neighbours are
+computed once for all), then `cost_queries` of them are searched one per call on one thread, as
+the service searches: the cheapest per-query time at the floor wins. The candidates, their cost,
+and the choice go into the manifest (index.params.candidates).
+
+Measured on the demo model's 1M catalog with user queries (issue 12): IVF1000 Flat nprobe 35
+0.376 ms at 0.949, IVF4096 Flat nprobe 96 0.364 ms at 0.961, IVF1024 SQ8 nprobe 48 0.436 ms at
+0.950, HNSW32 efSearch 256 only 0.919: the kinds that can win here are IVF's, so HNSW is not a
+candidate (set ann_factory for it). PQ with a refine step over the stored vectors is not one
+either: the refine needs the serving path to re-rank by vectors.npy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from index_store.threads import using_faiss_threads
+
+if TYPE_CHECKING:
+    from index_store.build import BuiltIndex, IndexConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Candidate:
+    factory: str
+    index: faiss.Index
+    build_s: float
+    params: dict[str, Any]
+
+
+def choose_kind(
+    vectors: np.ndarray,
+    indexed: np.ndarray,
+    nlist: int,
+    config: IndexConfig,
+    queries: np.ndarray | None,
+    max_norm: float | None,
+    base_params: Mapping[str, Any],
+) -> BuiltIndex:
+    """Build the candidates over `indexed` (the vectors, MIPS-augmented when `max_norm`), tune
+    each to the floor against exact search over `vectors`, keep the cheapest measured one."""
+    from index_store.build import IVF, BuiltIndex, tune
+
+    n, d = indexed.shape
+    rng = np.random.default_rng(config.seed)
+    started = time.monotonic()
+    candidates: list[_Candidate] = []
+    skipped: list[dict[str, Any]] = []
+
+    # The base: one trained quantizer and one assignment, shared by Flat and SQ8.
+    t = time.monotonic()
+    flat, train_n, sample = _trained_ivf(indexed, nlist, "Flat", config, rng)
+    train_s = time.monotonic() - t
+    t = time.monotonic()
+    assign = _assign(flat, indexed)
+    assign_s = time.monotonic() - t
+    t = time.monotonic()
+    _add(flat, indexed, assign)
+    candidates.append(
+        _Candidate(
+            f"IVF{nlist},Flat", flat, train_s + assign_s + time.monotonic() - t, {"train_size": train_n}
+        )
+    )
+    t = time.monotonic()
+    quantizer = faiss.clone_index(faiss.extract_index_ivf(flat).quantizer)
+    sq8 = faiss.IndexIVFScalarQuantizer(
+        quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    # (faiss's Python layer keeps `quantizer` referenced by `sq8`: it lives as long as the index)
+    sq8.train(sample)  # the quantizer is trained: this trains the 8-bit codec only
+    _add(sq8, indexed, assign)
+    candidates.append(_Candidate(f"IVF{nlist},SQ8", sq8, time.monotonic() - t, {"train_size": train_n}))
+
+    # A second nlist: its own quantizer, about twice the base's train and assignment time.
+    wide = min(n, 2 * nlist)
+    # k-means: twice the points on twice the centroids; the assignment: twice the centroids.
+    predicted = 4 * train_s + 2 * assign_s + (candidates[0].build_s - train_s - assign_s)
+    if wide > nlist and predicted <= config.kind_budget_s:
+        t = time.monotonic()
+        index, wide_n, _ = _trained_ivf(indexed, wide, "Flat", config, rng)
+        _add(index, indexed, _assign(index, indexed))
+        candidates.append(_Candidate(f"IVF{wide},Flat", index, time.monotonic() - t, {"train_size": wide_n}))
+    elif wide > nlist:
+        skipped.append(
+            {"factory": f"IVF{wide},Flat", "skipped": f"predicted {predicted:.1f}s > {config.kind_budget_s}s"}
+        )
+
+    truth: dict[str, np.ndarray] = {}
+    results = []
+    for c in candidates:
+        t = time.monotonic()
+        name, value, recall = tune(c.index, IVF, vectors, config, queries, max_norm, truth)
+        tune_s = time.monotonic() - t
+        query_ms = _query_ms(c.index, truth["queries"], recall["k"], value, config.cost_queries)
+        recall["query_ms"] = round(query_ms, 4)
+        results.append((c, name, value, recall, tune_s))
+    met = [r for r in results if r[3]["met"]]
+    best = min(met, key=lambda r: r[3]["query_ms"]) if met else max(results, key=lambda r: r[3]["value"])
+    chosen, name, value, recall, _ = best
+    table = [
+        {
+            "factory": c.factory,
+            name_: v,
+            "recall": r["value"],
+            "query_ms": r["query_ms"],
+            "build_s": round(c.build_s, 3),
+            "tune_s": round(ts, 3),
+            "bytes": _size(c.index),
+        }
+        for c, name_, v, r, ts in results
+    ]
+    log.info(
+        "index kinds at the floor %.2f: %s; chose %s",
+        config.recall_floor,
+        ", ".join(f"{row['factory']} {row['query_ms']} ms/q (recall {row['recall']})" for row in table),
+        chosen.factory,
+    )
+    ivf = faiss.extract_index_ivf(chosen.index)
+    params = {
+        **base_params,
+        "nlist": int(ivf.nlist),
+        **chosen.params,
+        "candidates": table + skipped,
+        "chosen_by": "query_ms at the recall floor",
+    }
+    timings = {"kinds_s": time.monotonic() - started, "train_s": train_s, "add_s": chosen.build_s}
+    return BuiltIndex(chosen.index, IVF, chosen.factory, params, {name: value}, recall, timings)
+
+
+def _trained_ivf(
+    indexed: np.ndarray,
+    nlist: int,
+    codec: str,
+    config: IndexConfig,
+    rng: np.random.Generator,
+) -> tuple[faiss.Index, int, np.ndarray]:
+    n, d = indexed.shape
+    index = faiss.index_factory(d, f"IVF{nlist},{codec}", faiss.METRIC_INNER_PRODUCT)
+    train_n = min(n, config.train_per_list * nlist)
+    sample = indexed[np.sort(rng.choice(n, size=train_n, replace=False))] if train_n < n else indexed
+    index.train(sample)
+    return index, int(train_n), sample
+
+
+def _assign(index: faiss.Index, x: np.ndarray) -> np.ndarray:
+    """Each vector's list (the costly part of an IVF add: N x nlist inner products), once."""
+    _, lists = faiss.extract_index_ivf(index).quantizer.search(x, 1)
+    return np.ascontiguousarray(lists[:, 0], dtype=np.int64)
+
+
+def _add(index: faiss.Index, x: np.ndarray, lists: np.ndarray) -> None:
+    """IVF add with the lists already assigned (IndexIVF::add_core)."""
+    ivf = faiss.extract_index_ivf(index)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ivf.add_core(x.shape[0], faiss.swig_ptr(x), None, faiss.swig_ptr(lists))
+
+
+def _query_ms(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int, count: int) -> float:
+    """Mean ms per query, one query per call on one thread (as the service searches); the better
+    of two passes, so one preempted pass on a shared machine does not decide."""
+    from index_store.build import IVF, pad_queries, search_parameters
+
+    q = pad_queries(queries[:count], index.d)
+    params = search_parameters(IVF, {"nprobe": nprobe})
+    best = float("inf")
+    with using_faiss_threads(1):
+        for _ in range(2):
+            t = time.perf_counter()
+            for i in range(q.shape[0]):
+                index.search(q[i : i + 1], k, params=params)
+            best = min(best, (time.perf_counter() - t) * 1000 / q.shape[0])
+    return best
+
+
+def _size(index: faiss.Index) -> int:
+    """Bytes of the index's codes, ids and centroids (serializing 1M vectors to count them costs)."""
+    ivf = faiss.extract_index_ivf(index)
+    return int(ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4)

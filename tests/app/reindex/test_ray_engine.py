@@ -1,0 +1,218 @@
+"""`twotower reindex --engine ray`: the same build as the local engine, on a real two-node Ray
+cluster on this machine; and the bad inputs (no Ray, no cluster, no id column) refused cleanly.
+
+Every reindex here is a real `python -m app.cli reindex` process. The cluster is started with
+`ray start` and stopped by the pids it started (tests/raycluster.py), never with `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench.catalog import synthetic_items
+from models.manifest import ModelManifest
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def write_catalog(data: Path, manifest: ModelManifest, n: int, without: str | None = None) -> Path:
+    data.mkdir(parents=True, exist_ok=True)
+    rows = [{k: v for k, v in r.items() if k != without} for r in synthetic_items(manifest, n)]
+    pq.write_table(pa.Table.from_pylist(rows), data / "items.parquet", row_group_size=50_000)
+    return data
+
+
+def reindex(
+    model_store: Path, data: Path, store: Path, *args: str, timeout: float = 240, prelude: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    env.update(
+        TWOTOWER_MODEL_STORE=str(model_store),
+        TWOTOWER_DATA_DIR=str(data),
+        TWOTOWER_INDEX_STORE=str(store),
+        TWOTOWER_INDEX__EXACT_THRESHOLD="0",  # an IVF index, so recall is tuned and compared
+        # One kind: the kind search weighs measured query times, which differ from run to run.
+        TWOTOWER_INDEX__ANN_FACTORY="IVF{nlist},Flat",
+        RAY_AUTH_MODE="disabled",
+        PYTHONPATH=str(ROOT),
+    )
+    code = f"{prelude}import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", code, "reindex", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def current(store: Path) -> tuple[str, Path]:
+    (vdir,) = [p for p in store.iterdir() if p.is_dir()]
+    build = json.loads((vdir / "CURRENT").read_text())["build_id"]
+    return build, vdir / build
+
+
+def leftovers(store: Path) -> list[str]:
+    return [p.name for v in store.iterdir() if v.is_dir() for p in v.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.fixture
+def built(tmp_path: Path, model_store: Path, manifest: ModelManifest) -> tuple[Path, Path, str]:
+    """A data dir of 3,000 items and a store whose current build is the local engine's."""
+    data = write_catalog(tmp_path / "data", manifest, 3000)
+    store = tmp_path / "index"
+    done = reindex(model_store, data, store)
+    assert done.returncode == 0, done.stderr
+    return data, store, current(store)[0]
+
+
+def test_ray_engine_without_ray_installed(
+    tmp_path: Path, model_store: Path, built: tuple[Path, Path, str]
+) -> None:
+    data, store, before = built
+    # `import ray` fails in this process as it does where the extra is not installed.
+    done = reindex(
+        model_store,
+        data,
+        store,
+        "--engine",
+        "ray",
+        prelude="sys_ = __import__('sys'); sys_.modules['ray'] = None; ",
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'twotower[ray]'" in done.stderr.splitlines()[-1]
+    assert current(store)[0] == before
+    assert leftovers(store) == []
+
+
+def test_parquet_without_the_id_column(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, built: tuple[Path, Path, str]
+) -> None:
+    _, store, before = built
+    bad = write_catalog(tmp_path / "bad", manifest, 100, without="item_id")
+    done = reindex(model_store, bad, store, "--engine", "ray")
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert "items.parquet: no column 'item_id' (the id column)" in last, last
+    assert current(store)[0] == before
+    assert leftovers(store) == []
+
+
+def test_unreachable_ray_address(tmp_path: Path, model_store: Path, built: tuple[Path, Path, str]) -> None:
+    pytest.importorskip("ray")
+    data, store, before = built
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    done = reindex(model_store, data, store, "--engine", "ray", "--ray-address", address, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot connect to the Ray cluster at {address}" in done.stderr.splitlines()[-1]
+    assert current(store)[0] == before
+    assert leftovers(store) == []
+
+
+@pytest.fixture
+def cluster() -> Iterator[object]:
+    pytest.importorskip("ray")
+    from tests.raycluster import LocalCluster
+
+    # Ray's unix socket paths must stay under ~100 bytes: a short directory of our own.
+    with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
+        c = LocalCluster(Path(tmp), workers=1, cpus=1).start()
+        try:
+            yield c
+        finally:
+            c.stop()
+
+
+@pytest.mark.slow
+def test_two_node_cluster_builds_what_the_local_engine_builds(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, cluster: object
+) -> None:
+    from tests.raycluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    data = write_catalog(tmp_path / "data", manifest, 200_000)
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    done = reindex(model_store, data, local)
+    assert done.returncode == 0, done.stderr
+    done = reindex(model_store, data, ray, "--engine", "ray", "--ray-address", cluster.address)
+    assert done.returncode == 0, done.stderr
+
+    (_, a), (_, b) = current(local), current(ray)
+    assert np.array_equal(np.load(a / "ids.npy"), np.load(b / "ids.npy"))
+    va, vb = np.load(a / "vectors.npy"), np.load(b / "vectors.npy")
+    assert va.shape == vb.shape == (200_000, manifest.dim)
+    assert float(np.abs(va - vb).max()) <= 1e-6
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    assert (ma["encode_engine"], mb["encode_engine"]) == ("local", "ray")
+    assert ma["index"] == mb["index"]
+    assert ma["recall"]["value"] == mb["recall"]["value"] >= 0.95
+    # The work went to both nodes: the engine logs the rows each node's actor encoded.
+    (line,) = [s for s in done.stderr.splitlines() if "rows per node" in s]
+    per_node = json.loads(line.split("rows per node ")[1].replace("'", '"'))
+    assert len(per_node) == 2 and sum(per_node.values()) == 200_000, line
+    assert leftovers(ray) == []
+
+
+def test_the_serving_path_does_not_import_ray() -> None:
+    code = "import sys, app.main, app.cli, app.reindex.build; sys.exit('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_node_lost_during_encoding(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, cluster: object, built: tuple[Path, Path, str]
+) -> None:
+    """A worker node killed (SIGKILL, its raylet and actors) while the catalog is being encoded:
+    Ray moves the work to the node left, and the build is whole; or the build fails with a
+    message. Either way no half-written build and no temporary directory."""
+    from tests.raycluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    _, store, before = built
+    data = write_catalog(tmp_path / "big", manifest, 200_000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
+    env.update(
+        TWOTOWER_MODEL_STORE=str(model_store),
+        TWOTOWER_DATA_DIR=str(data),
+        TWOTOWER_INDEX_STORE=str(store),
+        TWOTOWER_INDEX__EXACT_THRESHOLD="0",
+        TWOTOWER_INDEX__ANN_FACTORY="IVF{nlist},Flat",
+        RAY_AUTH_MODE="disabled",
+    )
+    cmd = [sys.executable, "-m", "app.cli", "reindex", "--engine", "ray", "--ray-address", cluster.address]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "items encoded" in line:  # the first shard is back: encoding is under way
+            cluster.kill_node(1)
+            break
+    lines.extend(proc.stderr)
+    proc.stderr.close()
+    code = proc.wait(timeout=300)
+    log = "".join(lines)
+    print(f"node lost during encoding: exit {code}; {log.splitlines()[-1]}")  # which way it went (-s)
+    assert leftovers(store) == []
+    if code == 0:
+        build, bdir = current(store)
+        assert build != before
+        ids = np.load(bdir / "ids.npy")
+        assert ids.tolist() == [r["item_id"] for r in synthetic_items(manifest, 200_000)]
+        from models.runtime import TowerRunner
+
+        runner = TowerRunner(model_store / manifest.version, manifest, "item").load()
+        sample = list(synthetic_items(manifest, 200_000))[-2000:]  # rows of the last shards
+        np.testing.assert_allclose(np.load(bdir / "vectors.npy")[-2000:], runner.embed(sample), atol=1e-6)
+    else:
+        assert code == 2, log[-3000:]
+        assert log.splitlines()[-1].startswith("error: ray engine"), log[-3000:]
+        assert current(store)[0] == before

@@ -1,0 +1,109 @@
+"""A real Ray cluster of local nodes for the Ray engine's tests, stopped by the pids it started.
+
+`ray stop` stops every Ray on the machine (other test runs, other users'): never used here. Each
+node is a `ray start --block` process; stopping one kills that process and everything under it
+(the raylet, its workers, the GCS of the head) by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.conftest import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class LocalCluster:
+    """A head and `workers` more nodes on this machine, `cpus` CPUs each."""
+
+    def __init__(self, tmp: Path, workers: int = 1, cpus: int = 1) -> None:
+        self.tmp = tmp  # Ray's socket paths must stay short: keep tmp short
+        self.workers = workers
+        self.cpus = cpus
+        self.port = free_port()
+        self.nodes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Any] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> LocalCluster:
+        head = [RAY, "start", "--head", "--block", f"--port={self.port}", f"--temp-dir={self.tmp}"]
+        self.nodes.append(self._spawn(head, "head"))
+        self._wait_nodes(1)
+        for i in range(self.workers):
+            self.nodes.append(self._spawn([RAY, "start", "--block", f"--address={self.address}"], f"node{i}"))
+        self._wait_nodes(1 + self.workers)
+        return self
+
+    def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen[bytes]:
+        args = [*cmd, f"--num-cpus={self.cpus}", "--include-dashboard=false", "--disable-usage-stats"]
+        if "--head" not in cmd:
+            args.remove("--include-dashboard=false")
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  # closed in stop()
+        self.logs.append(log)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+
+    def _wait_nodes(self, count: int, timeout_s: float = 90.0) -> None:
+        """Until the cluster lists `count` live nodes (each raylet registered with the GCS)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.nodes):
+                raise RuntimeError(f"a ray node exited; see {self.tmp}/*.log")
+            raylets = [c for p in self.nodes for c in _tree(p.pid) if "raylet" in " ".join(_cmdline(c))[:300]]
+            if len(raylets) >= count and self._registered() >= count:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"ray cluster did not reach {count} nodes in {timeout_s}s")
+
+    def _registered(self) -> int:
+        """Alive nodes per the GCS: counted from `ray list nodes`-free state, the raylet sockets."""
+        sessions = sorted(self.tmp.glob("session_2*"))
+        if not sessions:
+            return 0
+        return len(list((sessions[-1] / "sockets").glob("raylet*")))
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one node's whole process tree (a node lost)."""
+        _kill_tree(self.nodes[index].pid)
+
+    def stop(self) -> None:
+        for p in reversed(self.nodes):
+            _kill_tree(p.pid)
+        for p in self.nodes:
+            p.wait(timeout=30)
+        for log in self.logs:
+            log.close()
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
+def _kill_tree(pid: int) -> None:
+    for p in reversed(_tree(pid)):
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

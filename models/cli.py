@@ -50,9 +50,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="hard negatives mined by the previous epoch's model (EBR)",
     )
     p.add_argument(
-        "--dat", dest="dat", action="store_true", default=None, help="Dual Augmented Two-Tower (augmented vectors)"
+        "--dat",
+        dest="dat",
+        action="store_true",
+        default=None,
+        help="Dual Augmented Two-Tower (augmented vectors)",
     )
-    p.add_argument("--pooling", choices=["mean", "attention"], help="pooling of sequence fields (the history)")
+    p.add_argument(
+        "--pooling", choices=["mean", "attention"], help="pooling of sequence fields (the history)"
+    )
     p.set_defaults(func=cmd_train)
 
 

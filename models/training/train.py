@@ -60,7 +60,8 @@ class TrainConfig:
     dat_mimic: float = 0.5
     dat_cal: float = 1.0
     dat_category: str | None = None  # default: the item tower's first multi_hot field
-    pooling: str = "mean"  # of sequence fields: "mean" or "attention"
+    # of sequence fields: "mean" or "attention" (the ablation's best, docs/MODEL.md "Ablation")
+    pooling: str = "attention"
     patience: int = 3
     seed: int = 7
     threads: int = 1  # measured: 2 intra-op threads on 2 busy cores ran an epoch 10x slower (spin-waits)
@@ -208,7 +209,7 @@ def run_eval(model: TwoTower, prep: Prepared, stage: str, baseline: bool) -> dic
 
 def item_categories(prep: Prepared, name: str | None) -> torch.Tensor:
     """Each catalogue item's category for the DAT alignment loss: the first active column of a
-    multi_hot field (MovieLens: genres, in vocabulary order) or a categorical field's index."""
+    multi_hot field (in vocabulary order) or a categorical field's index."""
     fields = prep.schema.item.fields
     spec = next((f for f in fields if f.name == name), None) if name else None
     if spec is None:

@@ -64,7 +64,7 @@ class TrainConfig:
     pooling: str = "attention"
     patience: int = 3
     seed: int = 7
-    threads: int = 1  # measured: 2 intra-op threads on 2 busy cores ran an epoch 10x slower (spin-waits)
+    threads: int = 1  # measured: 2 intra-op threads on 2 busy cores ran an epoch 11-14x slower (spin-waits)
     max_minutes: float = 9.0  # a hard stop so `twotower train` stays under 10 minutes on 2 cores
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,7 +272,8 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
         pooling=config.pooling,
         augment=config.dat,
     )
-    # fused: one kernel over all parameters instead of a dozen small ops per tensor (~15% of a step)
+    # fused: one kernel over all parameters instead of several small ops per tensor; the unfused
+    # step was 17% of an epoch's CPU in the profiler (its gain is not measurable on the busy box)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     log_q = torch.from_numpy(np.log(np.maximum(prep.item_prob, 1e-12))).float()
     category = item_categories(prep, config.dat_category) if config.dat else None

@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import importlib
 import logging
+import secrets
 import sys
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from app.settings import load_settings
 from models import cli as models_cli
@@ -86,9 +89,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.serve import serve
+    from app.supervisor import Supervisor, default_workers
 
-    serve(load_settings(), args.host, args.port, no_worker=args.no_worker, announce=args.announce)
-    return 0
+    settings = load_settings()
+    workers = args.workers if args.workers is not None else default_workers(settings)
+    if workers > 1 and not settings.redis_url:
+        print(
+            "--workers above 1 needs TWOTOWER_REDIS_URL: jobs, locks and replica records are shared "
+            "through Redis (the in-process store lives in one process)",
+            file=sys.stderr,
+        )
+        return 2
+    if workers == 1:
+        serve(settings, args.host, args.port, no_worker=args.no_worker, announce=args.announce)
+        return 0
+    if args.no_worker:
+        settings.worker = False
+    if args.announce and settings.admin_token is None:  # one token for every process
+        settings.admin_token = SecretStr(secrets.token_urlsafe(24))
+    return Supervisor(settings, args.host, args.port, workers, args.announce).run()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -100,6 +119,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("twotower bench runs from a source checkout (the bench/ folder)", file=sys.stderr)
         return 2
     return int(run.main(args.rest))
+
+
+def _positive(raw: str) -> int:
+    n = int(raw)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-worker", action="store_true")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        help="serving processes on the port, each a full replica "
+        "(default: the usable cores with TWOTOWER_REDIS_URL, else 1)",
+    )
     p.add_argument("--announce", action="store_true", help="print an admin token and a working curl")
     p.set_defaults(func=cmd_serve)
 

@@ -10,6 +10,11 @@ is small) and merged with the snapshot's answer. When a build swaps in, entries 
 
 Applying is idempotent by sequence number: the replica that takes a change applies it before
 answering, and its poll applies the same change again without effect.
+
+Memory stays bounded by what is pending: each version holds only the changes after its build's
+`changes_seq`, and the newest change per id kept for versions seen later (`_latest`) is pruned up
+to the lowest `changes_seq` among the versions served. A version that shows up later with an older
+build (below that mark) reads what it lacks from the log at the next poll.
 """
 
 from __future__ import annotations
@@ -22,15 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index_store.attributes import AttributeCollector, Attributes
+from index_store.attributes import AttributeCollector, Attributes, concat
 from index_store.filters import filter_mask
 from index_store.snapshot import Snapshot
 from models.errors import FeatureError
 
 if TYPE_CHECKING:
     from app.metrics import Metrics
-    from app.service import ServedVersion
     from app.state import FeatureStore
+    from app.versions import ServedVersion
 
 log = logging.getLogger(__name__)
 MANIFEST_KEY = "changes_seq"  # in a build manifest: the last change folded into it
@@ -62,7 +67,9 @@ class DeltaView:
         search by one). New items, most upserts, are not among them. Once per view and build."""
         found = self._in_build.get(snap.build_id)
         if found is None:
-            found = frozenset(i for i in self.shadow if i in snap.row_of)
+            pending = sorted(self.shadow)
+            rows = snap.row_of.rows(pending)  # one vectorised lookup for all of them
+            found = frozenset(i for i, r in zip(pending, rows.tolist(), strict=True) if r >= 0)
             self._in_build[snap.build_id] = found
         return found
 
@@ -129,6 +136,7 @@ class _Version:
     floor: int
     entries: dict[str, _Entry] = field(default_factory=dict)
     view: DeltaView = EMPTY
+    gap: int = 0  # changes in (floor, gap] were pruned from `_latest` before this version came: re-read
 
 
 class CatalogDelta:
@@ -138,12 +146,18 @@ class CatalogDelta:
         self.metrics = metrics
         self.cursor = 0  # the last sequence number read from the log by the poll
         self._latest: dict[str, dict[str, Any]] = {}  # item id -> its newest change (for new versions)
+        self._pruned = 0  # `_latest` holds no change at or below this seq
         self._versions: dict[str, _Version] = {}
         self._lock = threading.Lock()
 
     def view(self, tag: str) -> DeltaView:
         state = self._versions.get(tag)
         return state.view if state is not None else EMPTY
+
+    @property
+    def held(self) -> int:
+        """Newest-change copies kept for versions seen later (pruned as builds fold them in)."""
+        return len(self._latest)
 
     def pending(self, tag: str) -> int:
         state = self._versions.get(tag)
@@ -155,10 +169,28 @@ class CatalogDelta:
         """Read the log from the cursor and apply what is new (in a thread: it runs item towers)."""
         import anyio
 
+        for tag, state in list(self._versions.items()):
+            if tag in versions and state.gap > state.floor:  # a version that came after a prune
+                gap = state.gap
+                missed = await store.changes_since(state.floor)
+                await anyio.to_thread.run_sync(self.apply, missed, {tag: versions[tag]}, floors)
+                state.gap = 0 if state.gap == gap else state.gap
         changes = await store.changes_since(self.cursor)
         await anyio.to_thread.run_sync(self.apply, changes, versions, floors)
         if changes:
             self.cursor = max(self.cursor, max(int(c["seq"]) for c in changes))
+        self.prune(versions)
+
+    def prune(self, versions: Collection[str]) -> None:
+        """Forget the newest-change copies every served version's build already holds."""
+        with self._lock:
+            states = [self._versions[t] for t in versions if t in self._versions]
+            if not states or len(states) < len(versions):
+                return
+            low = min(state.floor for state in states)
+            if low > self._pruned:
+                self._latest = {i: c for i, c in self._latest.items() if int(c["seq"]) > low}
+                self._pruned = low
 
     def apply(
         self, changes: list[dict[str, Any]], versions: Mapping[str, ServedVersion], floors: Mapping[str, int]
@@ -176,10 +208,16 @@ class CatalogDelta:
                 if state is None:  # a version seen for the first time: every change it lacks
                     state = self._versions[tag] = _Version(floors.get(tag, 0))
                     todo = list(self._latest.values())
-                changed = self._drop_through(state, floors.get(tag, 0))
-                changed |= self._apply_one(tag, served, state, todo)
-                if changed:
-                    state.view = _view(state, served)
+                    if state.floor < self._pruned:  # some of them are no longer here: the poll reads them
+                        state.gap = self._pruned
+                dropped = self._drop_through(state, floors.get(tag, 0))
+                before = dict(state.entries)
+                changed = self._apply_one(tag, served, state, todo)
+                if dropped or changed:
+                    # The common case, new items only: the view grows by their rows (O(batch));
+                    # anything else (a replaced or deleted id, a build folding entries in): rebuilt.
+                    grown = None if dropped else _grown(state.view, before, state, served)
+                    state.view = grown if grown is not None else _view(state, served)
                 self.metrics.delta_items.labels(tag).set(len(state.entries))
 
     def _drop_through(self, state: _Version, floor: int) -> bool:
@@ -221,6 +259,31 @@ class CatalogDelta:
             for c, row, vec in zip(upserts, rows, vectors, strict=True):
                 state.entries[c["item_id"]] = _Entry(int(c["seq"]), np.asarray(vec, dtype=np.float32), row)
         return bool(latest)
+
+
+def _grown(
+    view: DeltaView, before: Mapping[str, _Entry], state: _Version, served: ServedVersion
+) -> DeltaView | None:
+    """`view` with the upserts of ids it had no entry for appended, or None if anything else changed."""
+    new = [(i, e) for i, e in state.entries.items() if before.get(i) is not e]
+    if not new or any(i in before or e.vector is None or e.row is None for i, e in new):
+        return None
+    if len(view.shadow) != len(before):  # not the view of `before` (cannot happen; be sure)
+        return None
+    collector = AttributeCollector(served.manifest.features.item)
+    for _ in collector.watch([e.row for _, e in new if e.row is not None]):
+        pass
+    attributes = concat(view.attributes, collector.finish())
+    if attributes is None:
+        return None
+    vectors = np.stack([e.vector for _, e in new if e.vector is not None]).astype(np.float32)
+    return DeltaView(
+        shadow=view.shadow | {i for i, _ in new},
+        ids=np.concatenate([view.ids, np.array([i for i, _ in new], dtype=str)]),
+        vectors=vectors if view.size == 0 else np.concatenate([view.vectors, vectors]),
+        attributes=attributes,
+        row_of={**view.row_of, **{i: view.size + r for r, (i, _) in enumerate(new)}},
+    )
 
 
 def _view(state: _Version, served: ServedVersion) -> DeltaView:

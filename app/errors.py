@@ -98,6 +98,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ErrorJSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def error_response(request: Request, exc: TwoTowerError | StarletteHTTPException) -> Response:
+    """The answer the app's handlers give `exc` (for app/api/hot.py, which runs outside them)."""
+    if isinstance(exc, TwoTowerError):
+        return await _twotower_error(request, exc)
+    return await _http_error(request, exc)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(TwoTowerError, _twotower_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

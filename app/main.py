@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app import errors
+from app.api.hot import HotRoutes, is_hot
 from app.api.routes import admin, health, items, recall, score, similar
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestMetrics
@@ -99,9 +101,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 log.error("%s did not finish within %.0fs on shutdown", step.__qualname__, _TEARDOWN_S)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class TwoTowerAPI(FastAPI):
+    """FastAPI, with POST /recall, /similar and /score answered before its per-request machinery
+    (app/api/hot.py); what the hot path cannot take, it hands back to the full stack."""
+
+    hot: HotRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot is not None and is_hot(scope):
+            scope["app"] = self
+            await self.hot(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> TwoTowerAPI:
     settings = settings or Settings()
-    app = FastAPI(
+    app = TwoTowerAPI(
         title="twotower",
         version="1",
         summary="Online retrieval for two-tower recommenders",
@@ -115,4 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost first: count every request, then refuse oversized bodies before parsing.
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+
+    async def full_stack(scope: Scope, receive: Receive, send: Send) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    app.hot = HotRoutes(full_stack, metrics=app.state.metrics, max_bytes=settings.limits.max_body_bytes)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import threading
 import time
 from typing import Any
@@ -15,7 +16,15 @@ from app.settings import Settings
 log = logging.getLogger("twotower")
 
 
-def serve(settings: Settings, host: str, port: int, no_worker: bool = False, announce: bool = False) -> None:
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    no_worker: bool = False,
+    announce: bool = False,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """One serving process; `sockets`: a listening socket bound by the supervisor (app.supervisor)."""
     import uvicorn
 
     from app.main import create_app
@@ -53,7 +62,7 @@ def serve(settings: Settings, host: str, port: int, no_worker: bool = False, ann
     server = DrainingServer(config)
     if announce:
         threading.Thread(target=_announce, args=(server, settings, host, port), daemon=True).start()
-    server.run()
+    server.run(sockets=sockets)
 
 
 def _announce(server: Any, settings: Settings, host: str, port: int) -> None:

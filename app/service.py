@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +19,10 @@ from app.delta import CatalogDelta, DeltaView, build_floor, search_merged
 from app.filtering import filter_rows
 from app.metrics import Metrics
 from app.reindex.jobs import submit
+from app.replicas import ReplicaRecords
 from app.settings import Settings
 from app.state import FeatureStore
+from app.versions import ModelVersions, ServedVersion
 from index_store.registry import SnapshotRegistry
 from index_store.snapshot import Snapshot
 from index_store.store import IndexStore
@@ -37,7 +36,6 @@ from models.errors import (
     UnknownItem,
     UnknownVersion,
 )
-from models.manifest import ModelManifest, list_versions, load_version
 from models.runtime import TowerRunner
 
 log = logging.getLogger(__name__)
@@ -46,16 +44,6 @@ DEFAULT_ALIAS = "default"
 # Backoff of a build whose read failed with an I/O error: 0.5 s, 1 s, 2 s, ... at most 30 s.
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
-
-
-@dataclass(frozen=True)
-class ServedVersion:
-    """One model version's towers, loaded once at start (never per request)."""
-
-    tag: str
-    manifest: ModelManifest
-    user: TowerRunner
-    item: TowerRunner
 
 
 @dataclass(frozen=True)
@@ -97,89 +85,28 @@ class Service:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.versions: dict[str, ServedVersion] = {}
+        self.models = ModelVersions(settings, store)
         self.registry = SnapshotRegistry()
         self.index_store = IndexStore(Path(settings.index_store), keep=settings.index.keep_builds)
         self.aliases: dict[str, str] = {}
         self.draining = False
-        # Unique per process: two replicas on one host, or a restart, never share a record.
-        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.replicas = ReplicaRecords(settings, store)
         self._refused: dict[str, str] = {}  # version -> build id already refused (not retried each poll)
         self._retry: dict[str, tuple[str, int, float]] = {}  # version -> (build, failures, next try)
         self._loading: dict[str, asyncio.Lock] = {}  # version -> its single-flight activation
-        self._model_refused: dict[str, object] = {}  # version -> files as they were when it failed
-        self._gone: set[str] = set()  # served versions whose directory left the model store
         self.delta = CatalogDelta(metrics)  # catalog changes since each serving build (app/delta.py)
 
-    # --- start-up -------------------------------------------------------------------------------
+    # --- model versions (app/versions.py) --------------------------------------------------------
+
+    @property
+    def versions(self) -> dict[str, ServedVersion]:
+        return self.models.versions
 
     def load_versions(self) -> None:
-        """ONNX sessions for every version in the model store (or the configured list)."""
-        for tag in self._wanted_versions():
-            self._try_load_version(tag)
-        if not self.versions:
-            log.error("no usable model version in %s", self.settings.model_store)
-
-    def _wanted_versions(self) -> list[str]:
-        """Complete versions in the model store (only the configured ones, if a list is set)."""
-        present = list_versions(Path(self.settings.model_store))
-        wanted = self.settings.model_versions
-        return [t for t in wanted if t in present] if wanted else present
-
-    def _try_load_version(self, tag: str) -> ServedVersion | None:
-        """Verify the manifest and every file's sha256, then load both towers; None (logged) if any
-        check fails: a version copied in file by file fails here until the copy is complete."""
-        store = Path(self.settings.model_store)
-        rt = self.settings.runtime
-        seen = _fingerprint(store / tag)
-        try:
-            manifest = load_version(store, tag)
-            runners = [
-                TowerRunner(store / tag, manifest, side, rt.onnx_intra_threads, rt.onnx_spinning)
-                for side in ("user", "item")
-            ]
-            for r in runners:
-                r.load()
-        except Exception as exc:  # onnxruntime raises its own types for a corrupt file
-            reason = str(exc) if isinstance(exc, TwoTowerError | OSError) else f"cannot load ONNX: {exc}"
-            log.error("model version %s refused: %s", tag, reason)
-            self._model_refused[tag] = seen  # not tried again until a file in it changes
-            return None
-        served = ServedVersion(tag, manifest, runners[0], runners[1])
-        self.versions = {**self.versions, tag: served}  # copy-on-write: readers never see it half-added
-        self._model_refused.pop(tag, None)
-        log.info("model version %s loaded (dim %d)", tag, manifest.dim)
-        return served
+        self.models.load_all()
 
     async def discover_versions(self) -> list[str]:
-        """Load versions that appeared in the model store (train, import or a copy) since the last
-        look, without a restart; returns their tags. A build of each that has none is queued by the
-        caller (the job queue coalesces per version, so the replicas that all find it build it once)."""
-        try:
-            wanted = await anyio.to_thread.run_sync(self._wanted_versions)
-        except OSError as exc:
-            log.error(
-                "model store %s unreadable, served versions unchanged: %s", self.settings.model_store, exc
-            )
-            return []
-        gone = sorted(set(self.versions) - set(wanted) - self._gone)
-        for tag in gone:
-            log.warning("model version %s left the model store: it keeps serving from memory", tag)
-        self._gone = (self._gone | set(gone)) & set(self.versions)
-        found: list[str] = []
-        store = Path(self.settings.model_store)
-        for tag in wanted:
-            if tag in self.versions:
-                continue
-            seen = await anyio.to_thread.run_sync(_fingerprint, store / tag)
-            if self._model_refused.get(tag) == seen:
-                continue
-            served = await anyio.to_thread.run_sync(self._try_load_version, tag)
-            if served is not None:
-                # The in-process store read the data files before this version existed.
-                await anyio.to_thread.run_sync(self.store.version_added, tag, served.manifest.features.layout)
-                found.append(tag)
-        return found
+        return await self.models.discover()
 
     async def queue_missing_builds(self, tags: list[str]) -> None:
         """A build for each of `tags` that has no index yet (coalesced with any already queued)."""
@@ -241,55 +168,30 @@ class Service:
         served = self.resolve(version)
         if self.registry.get(served.tag) is None:
             raise IndexNotReady(served.tag)
-        behind: dict[str, str] = {}
-        for record in await self.store.replicas():
-            rid = str(record.get("replica"))
-            versions = record.get("versions")
-            if rid == self.replica_id or not isinstance(versions, dict):
-                continue
-            if served.tag not in versions:
-                behind[rid] = "version not loaded"
-            elif not versions[served.tag]:
-                behind[rid] = "no index loaded"
+        behind = await self.replicas.behind(served.tag)
         if behind:
             raise ReplicasBehind(served.tag, behind)
         await self.store.set_alias(alias, served.tag)
         self.aliases[alias] = served.tag
 
+    # --- replica records (app/replicas.py) -------------------------------------------------------
+
+    @property
+    def replica_id(self) -> str:
+        return self.replicas.replica_id
+
     async def live_replicas(self) -> list[dict[str, Any]]:
-        """Every live replica's record, sorted by id; [] when the store cannot be read."""
-        try:
-            records = await self.store.replicas()
-        except StoreUnavailable as exc:
-            log.warning("replica records unreadable: %s", exc)
-            return []
-        return sorted(records, key=lambda r: str(r.get("replica")))
+        return await self.replicas.live()
 
     def served_record(self) -> dict[str, Any]:
-        """What this replica serves: every loaded version with its build (None: no index yet)."""
-        snaps = self.registry.snapshots()
-        return {
-            "replica": self.replica_id,
-            "versions": {
-                tag: (snaps[tag].build_id if tag in snaps else None) for tag in sorted(self.versions)
-            },
-            "at": time.time(),
-        }
+        builds = {tag: snap.build_id for tag, snap in self.registry.snapshots().items()}
+        return self.replicas.record(self.versions, builds)
 
     async def heartbeat(self) -> None:
-        """Renew this replica's record (on every poll), so alias moves can check it."""
-        ttl = max(self.settings.replica_ttl_s, 3 * self.settings.poll_interval_s)
-        try:
-            await self.store.put_replica(self.served_record(), ttl)
-        except StoreUnavailable as exc:
-            log.warning("replica record not renewed: %s", exc)
+        await self.replicas.renew(self.served_record())
 
     async def leave(self) -> None:
-        """Drop this replica's record on shutdown: it no longer holds alias moves back."""
-        try:
-            await self.store.drop_replica(self.replica_id)
-        except StoreUnavailable as exc:
-            log.warning("replica record not dropped (it expires by itself): %s", exc)
+        await self.replicas.leave()
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
@@ -588,8 +490,8 @@ class Service:
                 vecs[with_features] = served.item.embed(rows)
                 found[with_features] = True
             # One matrix-vector product = the user vector tiled across the batch, dotted row-wise.
-            s = vecs @ u
-            return [float(s[i]) if found[i] else None for i in range(len(items))]
+            s = (vecs @ u).tolist()
+            return [x if f else None for x, f in zip(s, found.tolist(), strict=True)]
 
         scores = await self.run(compute)
         return Scored(served.tag, snap.build_id, scores)
@@ -610,15 +512,3 @@ def _vectors_for(snap: Snapshot, view: DeltaView, item_ids: Sequence[str]) -> tu
 def feature_error_detail(exc: FeatureError) -> list[dict[str, Any]]:
     """FeatureError in the same shape as FastAPI's own validation errors."""
     return [{"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "feature_error"}]
-
-
-def _fingerprint(path: Path) -> object:
-    """Names, sizes and mtimes of a version directory's files: changes while a copy is running."""
-    try:
-        files = []
-        for p in sorted(path.iterdir()):
-            st = p.stat()
-            files.append((p.name, st.st_size, st.st_mtime_ns))
-        return tuple(files)
-    except OSError:
-        return None

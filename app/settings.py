@@ -41,9 +41,14 @@ class IndexSettings(BaseModel):
     # started while `twotower load` is half done); 0 turns the guard off. Override per build with
     # `twotower reindex --allow-shrink` or `{"allow_shrink": true}`.
     max_shrink: float = Field(0.5, ge=0, le=1)
-    # Niceness of a build process. Measured: at 0 a 1M rebuild beside the API pushed /recall p99
-    # from 4 ms to 103-472 ms; at 19, 7 ms (the build takes ~25% longer).
+    # The worker's build child, beside the serving processes (app/reindex/cpu.py): its threads,
+    # its niceness and a hard share of the wall clock (SIGSTOP/SIGCONT duty cycle; 1 = no cap).
+    # `build_threads` is for `twotower reindex` run by hand. Measured (bench/README.md, swap): at
+    # nice 0 with 2 threads a 1M rebuild pushed /recall p99 from 5.4 ms to 878 ms; at nice 19 the
+    # build starved under load (~90 s).
+    build_child_threads: int = Field(1, ge=1)
     build_nice: int = Field(19, ge=0, le=19)
+    build_cpu_share: float = Field(1.0, gt=0, le=1)
 
 
 class Runtime(BaseModel):

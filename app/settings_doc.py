@@ -47,9 +47,12 @@ DESCRIPTIONS = {
     "INDEX__RECALL_FLOOR": "an ANN build must reach this recall@k against exact search, or is refused",
     "INDEX__RECALL_K": "the k of that recall",
     "INDEX__BATCH_SIZE": "items per item-tower batch during a build",
-    "INDEX__BUILD_THREADS": "ONNX Runtime and Faiss threads of a build",
+    "INDEX__BUILD_THREADS": "ONNX Runtime and Faiss threads of a build run by hand (`twotower reindex`)",
     "INDEX__KEEP_BUILDS": "builds kept per version (the current one is never pruned)",
-    "INDEX__BUILD_NICE": "niceness of the build process, so that a rebuild does not starve requests",
+    "INDEX__BUILD_CHILD_THREADS": "threads of the worker's build child, beside the serving processes",
+    "INDEX__BUILD_NICE": "niceness of the worker's build child",
+    "INDEX__BUILD_CPU_SHARE": "share of the wall clock the worker's build child may run "
+    "(a SIGSTOP/SIGCONT duty cycle); 1 = no cap",
     "INDEX__MAX_SHRINK": "a build whose catalog is smaller than this share of the current build's is "
     'refused (0 = off; override: `reindex --allow-shrink`, `{"allow_shrink": true}`)',
     "RUNTIME__ONNX_INTRA_THREADS": "ONNX Runtime threads per request (user tower, item tower in /score)",

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench import compute, report
+from bench import compute, memory, report, retrieval
 from bench.catalog import ITEMS, synthetic_items, write_data_dir, write_items
 from bench.load import (
     LoadProcess,
@@ -44,7 +44,7 @@ from bench.load import (
     wrk_available,
 )
 from bench.reindex import finish, run_child
-from bench.server import ServiceProcess
+from bench.server import GlueProcess, RedisServer, ServiceProcess, serve_has_workers
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,9 +72,12 @@ class Plan:
     swap_before_s: float
     swap_after_s: float
     swap_users: int = 32
-    swap_nice: tuple[int, ...] = (0, 19)  # one swap per value: the build child's niceness
+    # One swap per policy of the build child: (threads, niceness, CPU share; app/reindex/cpu.py).
+    # The first is the worker's default (IndexSettings.build_child_threads / build_nice / share).
+    swap_builds: tuple[tuple[int, int, float], ...] = ((1, 19, 1.0), (1, 0, 1.0), (1, 0, 0.5))
     recall_queries: int = 500
     pool_users: int = 1000  # distinct users cycled by the load generator
+    processes: tuple[int, ...] = (1, 2)  # serving processes of twotower and of the glue peer, side by side
 
     @classmethod
     def full(cls) -> Plan:
@@ -290,12 +293,15 @@ def recall_bodies(ctx: Context, n: int, path: Path) -> Path:
 
 @dataclass
 class Variant:
-    """One served configuration in the /recall sweep."""
+    """One served configuration in the /recall sweep: twotower or the glue peer, N processes."""
 
     label: str
     kind: str
-    in_thread: bool
+    in_thread: bool | None  # TWOTOWER_RUNTIME__COMPUTE_IN_THREAD; None = the default (glue: None)
     svc: ServiceProcess
+    server: str = "twotower"  # or "glue"
+    processes: int = 1
+    store: str = "in-process"  # twotower's feature store: "in-process" or "redis" (glue: in memory)
     runs: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     half: list[dict[str, Any]] = field(default_factory=list)
 
@@ -388,6 +394,9 @@ def variant_result(v: Variant) -> dict[str, Any]:
     )
     return {
         "label": v.label,
+        "server": v.server,
+        "processes": v.processes,
+        "store": v.store,
         "kind": v.kind,
         "compute_in_thread": v.in_thread,
         "levels": levels,
@@ -398,32 +407,104 @@ def variant_result(v: Variant) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class HttpConfig:
+    label: str
+    server: str  # "twotower" or "glue"
+    kind: str
+    processes: int = 1
+    in_thread: bool | None = None  # TWOTOWER_RUNTIME__COMPUTE_IN_THREAD; None = the default
+    redis: bool = False  # twotower's feature store in Redis (needed by several processes)
+
+
+def http_configs(ctx: Context, workers: bool) -> list[HttpConfig]:
+    """Every served variant, side by side: twotower on each kind; on the ANN kind twotower and the
+    glue peer at each process count (several twotower processes share their state through Redis,
+    so twotower also runs 1 process on Redis, for the same store at both counts), and twotower
+    with the compute in a thread (a hot-path choice). `workers`: `twotower serve --workers` exists."""
+    plan = ctx.plan
+    ann = ctx.ann_kind if ctx.ann_kind in plan.http_kinds else None
+    out = [HttpConfig(f"twotower {k}", "twotower", k) for k in plan.http_kinds if k != ann]
+    if ann is None:
+        return out
+    multi = workers and any(n > 1 for n in plan.processes)
+    for n in plan.processes:
+        proc = f"{n} process" + ("es" if n > 1 else "")
+        if n == 1:
+            out.append(HttpConfig(f"twotower {ann}, 1 process", "twotower", ann))
+            if multi:
+                out.append(HttpConfig(f"twotower {ann}, 1 process, redis", "twotower", ann, 1, None, True))
+        elif workers:
+            out.append(HttpConfig(f"twotower {ann}, {proc}, redis", "twotower", ann, n, None, True))
+        else:
+            log.error("twotower serve has no --workers here: twotower with %s left out of this run", proc)
+        out.append(HttpConfig(f"glue peer {ann}, {proc}", "glue", ann, n))
+    out.append(HttpConfig(f"twotower {ann}, compute_in_thread=true", "twotower", ann, 1, True))
+    return out
+
+
+def start_variant(
+    ctx: Context, stack: contextlib.ExitStack, c: HttpConfig, redis_url: str | None
+) -> Variant | None:
+    log.info("starting %s", c.label)
+    logf = ctx.log_file("serve-" + "".join(ch if ch.isalnum() else "_" for ch in c.label))
+    svc: ServiceProcess
+    if c.server == "glue":
+        index_dir = ctx.index_root(c.kind) / ctx.version
+        svc = GlueProcess(ctx.model_store / ctx.version, index_dir, ctx.data, logf, workers=c.processes)
+    else:
+        extra = (
+            {} if c.in_thread is None else {"TWOTOWER_RUNTIME__COMPUTE_IN_THREAD": str(c.in_thread).lower()}
+        )
+        if c.redis:
+            assert redis_url is not None
+            extra["TWOTOWER_REDIS_URL"] = redis_url
+        svc = ServiceProcess(ctx.service_env(c.kind, **extra), logf, workers=c.processes)
+    try:
+        stack.enter_context(svc)
+    except RuntimeError as exc:  # a variant that cannot start: the rest still runs
+        log.error("%s did not start, left out of this run: %s", c.label, exc)
+        return None
+    store = "redis" if c.redis else "in-process"
+    return Variant(c.label, c.kind, c.in_thread, svc, server=c.server, processes=c.processes, store=store)
+
+
 @step("http")
 def measure_http(ctx: Context) -> None:
     plan = ctx.plan
     bodies = recall_bodies(ctx, plan.pool_users, ctx.tmp / "recall.jsonl")
-    configs: list[tuple[str, str, bool]] = [(k, k, True) for k in plan.http_kinds]
-    if ctx.ann_kind is not None and ctx.ann_kind in plan.http_kinds:
-        configs.append((f"{ctx.ann_kind}, compute_in_thread=false", ctx.ann_kind, False))
+    workers = serve_has_workers()
+    configs = http_configs(ctx, workers)
     with contextlib.ExitStack() as stack:
-        variants = []
-        for label, kind, in_thread in configs:
-            env = ctx.service_env(kind, TWOTOWER_RUNTIME__COMPUTE_IN_THREAD=str(in_thread).lower())
-            log.info("starting the service: %s", label)
-            svc = stack.enter_context(ServiceProcess(env, ctx.log_file(f"serve-{kind}-{in_thread}")))
-            variants.append(Variant(label, kind, in_thread, svc))
+        redis_url = None
+        if any(c.redis for c in configs):
+            redis = stack.enter_context(RedisServer(ctx.tmp, ctx.data))
+            redis_url = redis.url
+            log.info("redis-server of the bench's own at %s, %d users loaded", redis.url, redis.users)
+        variants = [v for c in configs if (v := start_variant(ctx, stack, c, redis_url)) is not None]
         sweep(ctx, variants, bodies)
         runs = [variant_result(v) for v in variants]
+        by_label = {v.label: v for v in variants}
+        if wrk_available():
+            # wrk beside our own client, at each side's best concurrency: twotower and the glue peer
+            for run in runs:
+                if run["kind"] == ctx.ann_kind and run["compute_in_thread"] is None:
+                    svc = by_label[run["label"]].svc
+                    run["wrk"] = run_wrk(
+                        svc.port, "/recall", bodies, run["max_at"], plan.level_s * 2, ctx.tmp
+                    )
+                    log.info("wrk %s c=%d: %.0f req/s", run["label"], run["max_at"], run["wrk"]["rps"])
         main = next(
-            (r for r, v in zip(runs, variants, strict=True) if v.in_thread and v.kind == ctx.ann_kind), None
+            (
+                r
+                for r in runs
+                if r["server"] == "twotower" and r["kind"] == ctx.ann_kind and r["processes"] == 1
+                if r["compute_in_thread"] is None and r["store"] == "in-process"
+            ),
+            None,
         )
         if main is not None:
-            svc = variants[runs.index(main)].svc
-            main["score"] = measure_score_http(ctx, svc)
-            if wrk_available():
-                c = max(plan.concurrency)
-                main["wrk"] = run_wrk(svc.port, "/recall", bodies, c, plan.level_s * 2, ctx.tmp)
-                log.info("wrk c=%d: %.0f req/s, p99 %.2f ms", c, main["wrk"]["rps"], main["wrk"]["p99_ms"])
+            main["score"] = measure_score_http(ctx, by_label[main["label"]].svc)
     ctx.results["http"] = runs
 
 
@@ -467,8 +548,9 @@ def measure_score_http(ctx: Context, svc: ServiceProcess) -> dict[str, Any]:
 def measure_swap(ctx: Context) -> None:
     """Full reindexes (new features for every item, same ids) and swaps while /recall runs open loop.
 
-    Once with the build child at normal priority (what the worker does today), once at nice 19; each
-    rebuild alternates between two catalogs so that every swap changes the answers.
+    Once per build policy of `Plan.swap_builds` (threads, niceness, CPU share), the child held to its
+    share by the worker's own duty cycle; each rebuild alternates between two catalogs so that every
+    swap changes the answers.
     """
     from models.manifest import load_version
 
@@ -480,7 +562,15 @@ def measure_swap(ctx: Context) -> None:
     write_items(swap_data / ITEMS, synthetic_items(manifest, plan.items, seed=1))
     bodies = recall_bodies(ctx, plan.swap_users, ctx.tmp / "swap.jsonl")
     served = next(
-        (r for r in ctx.results.get("http", []) if r["kind"] == kind and r["compute_in_thread"]), None
+        (
+            r
+            for r in ctx.results.get("http", [])
+            if r["kind"] == kind
+            and r.get("server", "twotower") == "twotower"
+            and r.get("processes", 1) == 1
+            and r.get("store", "in-process") == "in-process"
+        ),
+        None,
     )
     rate = served["half_rate"]["rate"] if served else 200.0
     runs = []
@@ -489,9 +579,9 @@ def measure_swap(ctx: Context) -> None:
             port=svc.port, path="/recall", bodies_file=str(bodies), concurrency=8, duration_s=plan.warmup_s
         )
         run_load(warm, ctx.tmp)
-        for nice, source in zip(plan.swap_nice, itertools.cycle((swap_data, ctx.data)), strict=False):
-            log.info("swap under load at %.0f req/s, reindex at nice %d", rate, nice)
-            runs.append(swap_once(ctx, svc, kind, source, nice, rate, bodies))
+        for policy, source in zip(plan.swap_builds, itertools.cycle((swap_data, ctx.data)), strict=False):
+            log.info("swap under load at %.0f req/s, reindex %s", rate, build_label(*policy))
+            runs.append(swap_once(ctx, svc, kind, source, policy, rate, bodies))
             sw = runs[-1]
             log.info(
                 "swap: %d failed, %d inconsistent, p99 before %.1f / reindex %.1f / swap %.1f ms",
@@ -504,9 +594,24 @@ def measure_swap(ctx: Context) -> None:
     ctx.results["swap"] = runs
 
 
+def build_label(threads: int, nice: int, share: float) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''}, nice {nice}" + (
+        f", CPU share {share:g}" if share < 1 else ""
+    )
+
+
 def swap_once(
-    ctx: Context, svc: ServiceProcess, kind: str, source: Path, nice: int, rate: float, bodies: Path
+    ctx: Context,
+    svc: ServiceProcess,
+    kind: str,
+    source: Path,
+    policy: tuple[int, int, float],
+    rate: float,
+    bodies: Path,
 ) -> dict[str, Any]:
+    from app.reindex.cpu import cap
+
+    threads, nice, share = policy
     plan = ctx.plan
     old_build = svc.health()["index_build"]
     spec = LoadSpec(
@@ -523,9 +628,16 @@ def swap_once(
     try:
         time.sleep(0.5 + plan.swap_before_s)
         t_build0 = time.monotonic()
-        logf = ctx.log_file(f"build-swap-nice{nice}")
-        child = run_child(ctx.model_store, ctx.version, ctx.index_root(kind), source, kind, logf, nice=nice)
-        build = finish(child, logf)
+        logf = ctx.log_file(f"build-swap-{threads}-{nice}-{share:g}")
+        child = run_child(
+            ctx.model_store, ctx.version, ctx.index_root(kind), source, kind, logf, threads=threads, nice=nice
+        )
+        cycle = cap(child.pid, share)
+        try:
+            build = finish(child, logf)
+        finally:
+            if cycle is not None:
+                cycle.stop()
         t_build1 = time.monotonic()
         t_swapped = wait_for_build(svc, build["build_id"], timeout_s=120)
         time.sleep(plan.swap_after_s + 1.0)
@@ -533,7 +645,8 @@ def swap_once(
         load.stop()
     result = load.wait()
     out = analyse_swap(ctx, result, kind, old_build, build, rate, (t_build0, t_build1, t_swapped))
-    return {"nice": nice, **out}
+    label = build_label(threads, nice, share)
+    return {"nice": nice, "threads": threads, "cpu_share": share, "build": label, **out}
 
 
 def wait_for_build(svc: ServiceProcess, build_id: str, timeout_s: float) -> float:
@@ -584,6 +697,7 @@ def analyse_swap(
     t_build0, t_build1, t_swapped = marks
     w0, w1 = res.window
     phases = {
+        "whole": summarize(res, w0, w1),
         "before": summarize(res, w0, t_build0),
         "during_reindex": summarize(res, t_build0, t_build1),
         "at_swap": summarize(res, t_build1, t_swapped + 1.0),
@@ -669,6 +783,12 @@ def timeline_of(res: LoadResult, bucket_s: float) -> list[dict[str, float]]:
     return out
 
 
+@step("retrieval")
+def measure_retrieval(ctx: Context) -> None:
+    """Filters (~50%, ~1%), /similar and an upsert stream under load (bench/retrieval.py)."""
+    retrieval.measure(ctx)
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -718,7 +838,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--keep-tmp", action="store_true", help="keep the temporary directory (data, indexes, logs)"
     )
-    p.add_argument("--skip", default="", help="steps to skip, comma-separated: http,swap")
+    p.add_argument("--skip", default="", help="steps to skip, comma-separated: http,swap,memory,retrieval")
     return p.parse_args(argv)
 
 
@@ -759,6 +879,10 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(measure_http)
         if "swap" not in skip:
             steps.append(measure_swap)
+        if "memory" not in skip:
+            steps.append(step("memory")(lambda c: memory.measure_memory(c, user_rows(c.data, 200))))
+        if "retrieval" not in skip:
+            steps.append(measure_retrieval)
         for fn in steps:
             fn(ctx)
     finally:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from index_store.filter_cache import MaskCache
 from models.errors import ArtifactError
 from models.features import FieldSpec, TowerSchema
 
@@ -66,6 +67,7 @@ class Attributes:
 
     size: int
     columns: Mapping[str, Column] = field(default_factory=dict)  # by schema field name
+    masks: MaskCache = field(default_factory=MaskCache, repr=False)  # the filters last asked of it
 
     def describe(self) -> dict[str, str]:
         """Field -> column type, as the build manifest records it."""
@@ -142,6 +144,39 @@ class AttributeCollector:
 
     def finish(self) -> Attributes:
         return Attributes(self._n, {f.spec.name: f.column() for f in self._fields})
+
+
+def concat(a: Attributes, b: Attributes) -> Attributes | None:
+    """`a`'s rows, then `b`'s (None when a field's column type differs between them). Costs array
+    operations per column and distinct value, no pass over rows in Python: a catalog delta grows by
+    the few rows of each upsert call without collecting every pending row again."""
+    if a.size == 0:
+        return b
+    if a.columns.keys() != b.columns.keys():
+        return None
+    columns: dict[str, Column] = {}
+    for name, ca in a.columns.items():
+        cb = b.columns[name]
+        if isinstance(ca, NumberColumn) and isinstance(cb, NumberColumn):
+            columns[name] = NumberColumn(np.concatenate([ca.x, cb.x]))
+        elif isinstance(ca, BoolColumn) and isinstance(cb, BoolColumn):
+            columns[name] = BoolColumn(np.concatenate([ca.b, cb.b]))
+        elif isinstance(ca, ValuesColumn) and isinstance(cb, ValuesColumn):
+            values = np.union1d(ca.values, cb.values).astype(str)
+            parts: list[np.ndarray] = []
+            counts = []
+            for v in values.tolist():
+                ia, ib = ca.code(v), cb.code(v)
+                ra = ca.rows_of(ia) if ia is not None else np.zeros(0, np.int32)
+                rb = cb.rows_of(ib) + a.size if ib is not None else np.zeros(0, np.int32)
+                parts += [ra, rb]
+                counts.append(len(ra) + len(rb))
+            ptr = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+            rows = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+            columns[name] = ValuesColumn(values, ptr, rows)
+        else:
+            return None
+    return Attributes(a.size + b.size, columns)
 
 
 def _number(value: Any) -> float:

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from index_store.build import EXACT, HNSW, IVF, pad_queries
+from index_store.filter_cache import FilterRows
 from index_store.threads import set_faiss_threads
 
 if TYPE_CHECKING:
@@ -46,6 +47,14 @@ def search_filtered(
     """Top min(k, eligible) (item id, score) over the rows in `allowed` minus `banned`."""
     if allowed.shape != (snap.size,) or allowed.dtype != np.bool_:
         raise ValueError(f"allowed must be bool [{snap.size}], got {allowed.dtype} {allowed.shape}")
+    cached = snap.attributes.masks.entry_of(allowed) if snap.attributes is not None else None
+    if cached is not None:
+        # The filter's rows, count and bitmap were made once for every request asking it: the
+        # excluded rows are left out of the answer (the search over-fetches by their number)
+        # instead of out of a per-request copy of the mask, which would cost passes over every row.
+        hidden = [r for r in banned if allowed[r]]
+        if len(hidden) <= k:
+            return _search_cached(snap, query, k, hidden, cached, exact_below)
     eligible = allowed
     if banned:
         eligible = allowed.copy()
@@ -56,11 +65,48 @@ def search_filtered(
         return []
     if snap.kind == EXACT or count <= exact_below * snap.size:
         return exact_scan(snap, query, eligible, count, want)
-    found = _ann(snap, query, eligible, want, count / snap.size)
+    bits = np.packbits(eligible, bitorder="little")
+    found = _ann(snap, query, bits, want, count / snap.size)
     if len(found) < want:
         log.debug("filtered ANN search came back short (%d of %d): exact scan", len(found), want)
         return exact_scan(snap, query, eligible, count, want)
     return found
+
+
+def _search_cached(
+    snap: Snapshot, query: np.ndarray, k: int, hidden: list[int], rows: FilterRows, exact_below: float
+) -> list[tuple[str, float]]:
+    count = rows.count - len(hidden)
+    want = min(k, count)
+    if want == 0:
+        return []
+    if snap.kind == EXACT or count <= exact_below * snap.size:
+        return _exact_cached(snap, query, hidden, rows, want)
+    found = _ann(snap, query, rows.bits, want + len(hidden), count / snap.size)
+    if hidden:
+        gone = set(snap.ids[hidden].tolist())
+        found = [hit for hit in found if hit[0] not in gone]
+    if len(found) < want:
+        log.debug("filtered ANN search came back short (%d of %d): exact scan", len(found), want)
+        return _exact_cached(snap, query, hidden, rows, want)
+    return found[:want]
+
+
+def _exact_cached(
+    snap: Snapshot, query: np.ndarray, hidden: list[int], rows: FilterRows, want: int
+) -> list[tuple[str, float]]:
+    if rows.count * 4 >= snap.size:  # most rows: the plain scan (one product over all) is no dearer
+        # (FilterRows.nbytes counts the row numbers only below this share)
+        eligible = rows.mask.copy()
+        eligible[hidden] = False
+        return exact_scan(snap, query, eligible, rows.count - len(hidden), want)
+    kept = rows.rows
+    scores = snap.vectors[kept] @ query
+    if hidden:
+        scores[np.isin(kept, hidden)] = -np.inf
+    top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return list(zip(snap.ids[kept[top]].tolist(), scores[top].astype(float).tolist(), strict=True))
 
 
 def exact_scan(
@@ -80,10 +126,10 @@ def exact_scan(
 
 
 def _ann(
-    snap: Snapshot, query: np.ndarray, eligible: np.ndarray, want: int, share: float
+    snap: Snapshot, query: np.ndarray, bits: np.ndarray, want: int, share: float
 ) -> list[tuple[str, float]]:
+    """`bits`: the eligible rows packed little-endian (bit i of byte i // 8 = row i, as Faiss reads it)."""
     widen = share**-WIDEN_EXP
-    bits = np.packbits(eligible, bitorder="little")  # bit i of byte i // 8 = row i, as Faiss reads it
     selector = faiss.IDSelectorBitmap(snap.size, faiss.swig_ptr(bits))
     params: Any
     if snap.kind == IVF:

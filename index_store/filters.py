@@ -12,6 +12,7 @@ FeatureError naming its path, e.g. `filter.genres.any.1`.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -35,11 +36,26 @@ def filter_mask(
     where: str = "filter",
     max_values: int = MAX_VALUES,
 ) -> np.ndarray | None:
-    """The rows passing `raw` (bool [N]), or None when there is nothing to filter on."""
+    """The rows passing `raw` (bool [N], read-only: the same array for every request asking the
+    same filter of this build while it is cached), or None when there is nothing to filter on."""
     if not raw:
         return None
     if not isinstance(raw, Mapping):
         raise FeatureError(where, "expected an object of field -> {operator: value}")
+    try:
+        key = json.dumps([raw, max_values], sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        key = None  # not from JSON (a caller's own objects): validated below, not cached
+    cached = attributes.masks.get(key) if key is not None else None
+    if cached is not None:
+        return cached.mask
+    mask = _mask(raw, tower, attributes, where, max_values)
+    return attributes.masks.put(key, mask).mask if key is not None else mask
+
+
+def _mask(
+    raw: Mapping[str, Any], tower: TowerSchema, attributes: Attributes, where: str, max_values: int
+) -> np.ndarray:
     by_name = {f.name: f for f in tower.fields}
     mask = np.ones(attributes.size, dtype=bool)
     for name, ops in raw.items():

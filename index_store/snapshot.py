@@ -2,7 +2,8 @@
 
 Nothing here is mutated after construction (arrays are read-only, mappings are proxies, search
 parameters go per call), so any number of threads may search one snapshot while a swap installs
-the next. Faiss CPU indexes are safe for concurrent searches.
+the next. Faiss CPU indexes are safe for concurrent searches. A build loaded by `IndexStore.load`
+maps its files (the index, the ids, the vectors): every serving process on a host shares them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import faiss
@@ -18,6 +20,7 @@ import numpy as np
 from index_store.attributes import Attributes
 from index_store.build import HNSW, IVF, pad_queries, search_parameters
 from index_store.filtered import search_filtered
+from index_store.idmap import IdMap
 from index_store.threads import set_faiss_threads
 
 log = logging.getLogger(__name__)
@@ -33,13 +36,18 @@ class Snapshot:
     build_id: str
     index: faiss.Index
     ids: np.ndarray  # str, row i of the index is ids[i]
-    row_of: Mapping[str, int]
+    row_of: IdMap  # id -> row, vectorised (index_store.idmap)
     vectors: np.ndarray  # float32 [N, dim], row i = ids[i]
     manifest: Mapping[str, Any]
     search_params: Mapping[str, int]  # {"nprobe": 12} / {"efSearch": 96} / {} for exact
     kind: str = "exact"
     threads: int = 1  # Faiss threads per search call; 1 suits one query per request
     attributes: Attributes | None = None  # the filterable fields' columns (None: built before filters)
+
+    @cached_property
+    def _params(self) -> faiss.SearchParameters | None:
+        """The Faiss parameters object of `search_params`, made once per build, not per request."""
+        return search_parameters(self.kind, self.search_params)
 
     @property
     def size(self) -> int:
@@ -82,7 +90,7 @@ class Snapshot:
         # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.
         set_faiss_threads(self.threads)
         iq = pad_queries(q, self.index.d)  # the MIPS coordinate of a dot model's ANN index (build.py)
-        scores, rows = self.index.search(iq, fetch, params=search_parameters(self.kind, self.search_params))
+        scores, rows = self.index.search(iq, fetch, params=self._params)
         out = [self._pick(scores[i], rows[i], banned[i], want[i]) for i in range(nq)]
         short = [i for i in range(nq) if len(out[i]) < want[i]]
         if short and self.kind in (IVF, HNSW):
@@ -98,14 +106,17 @@ class Snapshot:
 
     def vectors_for(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors of `item_ids` ([n, dim], zeros where unknown) and a mask of which were found."""
-        rows = np.fromiter((self.row_of.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        rows = self.row_of.rows(item_ids)
         found = rows >= 0
         out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
         out[found] = self.vectors[rows[found]]
         return out, found
 
     def _rows(self, item_ids: Collection[str]) -> frozenset[int]:
-        return frozenset(r for i in item_ids if (r := self.row_of.get(i)) is not None)
+        if not item_ids:
+            return frozenset()
+        rows = self.row_of.rows(list(item_ids))
+        return frozenset(rows[rows >= 0].tolist())
 
     def _pick(
         self, scores: np.ndarray, rows: np.ndarray, banned: frozenset[int], want: int

@@ -96,11 +96,13 @@ def reindex(
     from index_store.threads import set_faiss_threads
     from models.manifest import list_versions
 
+    config = index_config(settings)
     if json_progress:  # a worker's child: die with the worker, yield the CPU to requests
         child.watch_parent()
         if settings.index.build_nice:
             os.nice(settings.index.build_nice)
-    set_faiss_threads(settings.index.build_threads)
+        config = dataclasses.replace(config, threads=settings.index.build_child_threads)
+    set_faiss_threads(config.threads)
     versions = (
         [model_version]
         if model_version
@@ -157,11 +159,11 @@ def reindex(
                 Path(settings.model_store),
                 version,
                 rows,
-                index_config(settings),
+                config,
                 fence=fence,
                 build_id=build_id,
                 progress=progress,
-                users=sample_users(settings, index_config(settings).sample_queries, schema),
+                users=sample_users(settings, config.sample_queries, schema),
                 allow_shrink=allow_shrink,
                 extra_manifest={"changes_seq": last_change},
             )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.metrics import Metrics
-from app.reindex import child
+from app.reindex import child, cpu
 from app.reindex.jobs import ACTIVE_TTL_S, MAX_ATTEMPTS, TERMINAL, submit
 from app.settings import Settings
 from app.state import FeatureStore, make_store
@@ -51,6 +51,7 @@ class Worker:
         self.versions = versions
         self.on_built = on_built
         self.current: asyncio.subprocess.Process | None = None
+        self.cycle: cpu.DutyCycle | None = None  # the running build's CPU cap, if any
         self.lease_s = settings.lock_ttl_s
         host = socket.gethostname()
         self.status: dict[str, Any] = {
@@ -270,6 +271,7 @@ class Worker:
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(proc.stderr.read())
         build_id: str | None = None
+        self.cycle = cpu.cap(proc.pid, self.settings.index.build_cpu_share)
         try:
             async for line in proc.stdout:
                 msg = child.parse_line(line)
@@ -292,6 +294,8 @@ class Worker:
             raise
         finally:
             self.current = None
+            if self.cycle is not None:
+                self.cycle.stop()  # and resumes the child: a stopped one would never exit
         if code == 0 and build_id is not None:
             return build_id, None
         last = err.splitlines()[-1] if err else f"exit code {code}"
@@ -300,6 +304,8 @@ class Worker:
 
     def stop(self) -> None:
         """Terminate a running build (its temporary directory is cleaned by the next build)."""
+        if self.cycle is not None:
+            self.cycle.stop()  # a stopped child would hold the SIGTERM until resumed
         if self.current is not None and self.current.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.current.terminate()

@@ -11,6 +11,7 @@
 <prefix>replica:<id>        JSON: what one API replica serves (expires unless renewed; see Service.heartbeat)
 <prefix>changes             sorted set: catalog changes (JSON) by sequence number (app/state/changes.py)
 <prefix>changes:seq         the last sequence number handed out
+<prefix>changes:ids         hash item id -> the seq of its newest change (the log's compaction)
 """
 
 from __future__ import annotations
@@ -77,3 +78,7 @@ class Keys:
     @property
     def changes_seq(self) -> str:
         return f"{self.prefix}changes:seq"
+
+    @property
+    def changes_ids(self) -> str:
+        return f"{self.prefix}changes:ids"

@@ -249,11 +249,13 @@ def fake_results() -> dict[str, Any]:
         },
         "foreign_cpu": {"data": {"core_s": 0.1, "share": 0.01}, "swap": {"core_s": 30.0, "share": 0.25}},
         "http": [
-            {**http, "label": "exact", "kind": "exact", "compute_in_thread": True},
+            {**http, "label": "exact", "kind": "exact", "compute_in_thread": None},
             {
                 **http,
-                "label": "ivf",
-                "compute_in_thread": True,
+                "label": "twotower ivf, 1 process",
+                "server": "twotower",
+                "processes": 1,
+                "compute_in_thread": None,
                 "score": {
                     "1": {"p50_ms": 5.0, "p95_ms": 6.0, "p99_ms": 7.0, "rps": 190.0, "failed": 0},
                     "4": {"p50_ms": 9.0, "p95_ms": 9.5, "p99_ms": 10.0, "rps": 400.0, "failed": 0},
@@ -268,7 +270,33 @@ def fake_results() -> dict[str, Any]:
                     "failed": 0,
                 },
             },
-            {**http, "label": "ivf inline", "compute_in_thread": False},
+            {**http, "label": "ivf in a thread", "compute_in_thread": True},
+            {
+                **http,
+                "label": "twotower ivf, 2 processes",
+                "server": "twotower",
+                "processes": 2,
+                "compute_in_thread": None,
+                "max_rps": 3100.0,
+                "max_at": 16,
+                "half_rate": {**http["half_rate"], "rate": 1550.0, "p99_ms": 8.0},
+            },
+            {
+                **http,
+                "label": "glue peer ivf, 1 process",
+                "server": "glue",
+                "processes": 1,
+                "compute_in_thread": None,
+                "max_rps": 400.0,
+            },
+            {
+                **http,
+                "label": "glue peer ivf, 2 processes",
+                "server": "glue",
+                "processes": 2,
+                "compute_in_thread": None,
+                "max_rps": 1240.0,
+            },
         ],
         "compute": {
             "floor": {"exact": timing, "ivf": timing},
@@ -336,9 +364,24 @@ def test_report_renders_every_section() -> None:
         "Fake CPU",
     ):
         assert title in md, title
-    assert "| /recall highest throughput (ivf, k=100) | >= 3,000 req/s | 889 req/s at concurrency 8 |" in md
-    assert "889 req/s at concurrency 8 | **missed** |" in md
-    assert "re-encode + index 1,000,000 items (ivf) | < 30 s | 25.0 s | met" in md
+    assert (
+        "| /recall highest throughput (ivf, k=100, 2 processes) | >= 3,000 req/s | 3,100 req/s at "
+        "concurrency 16 (glue peer: 1,240 req/s at 8) | met |"
+    ) in md
+    assert (
+        "| /recall p99 at half that rate (2 processes) | <= 10 ms (at >= 1,500 req/s) | 8.00 ms at 1,550"
+        in md
+    )
+    # the ratio to the glue peer at equal processes: 889/400 met, 3100/1240 = 2.5x met
+    assert (
+        "| /recall vs the glue peer, 1 process each (best concurrency) | >= 2x "
+        "| 2.22x (889 / 400 req/s) | met" in md
+    )
+    assert "| /recall vs the glue peer, 2 processes each (best concurrency) | >= 2x | 2.50x" in md
+    assert "service overhead at p50 (HTTP, 1 in flight / compute floor) | <= 1.5x | 2.50x" in md
+    assert "**missed**" in md
+    assert "re-encode + index 1,000,000 items (ivf) | <= 15 s (machine idle) | 25.0 s | **missed**" in md
+    assert "| glue peer, 2 processes | ivf | – | closed, 8 in flight |" in md
     assert (
         "nice 19" in md
         and "wrk" in md

@@ -12,6 +12,7 @@ import pytest
 
 from bench.catalog import synthetic_items
 from index_store.build import IndexConfig, build_index
+from index_store.idmap import IdMap
 from index_store.snapshot import Snapshot
 from models.manifest import ModelManifest, list_versions, load_version
 
@@ -45,7 +46,7 @@ def snapshot_of(
         build_id=tag,
         index=built.index,
         ids=arr,
-        row_of={name: i for i, name in enumerate(names)},
+        row_of=IdMap.from_ids(arr),
         vectors=vecs,
         manifest={"build_id": tag},
         search_params=dict(built.search_params),

@@ -16,6 +16,7 @@ import pytest
 
 from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, from_bytes, to_bytes
 from index_store.build import IndexConfig, recall_queries
+from index_store.filter_cache import MaskCache
 from index_store.filters import filter_mask
 from index_store.snapshot import Snapshot
 from index_store.store import MANIFEST, IndexStore
@@ -143,11 +144,16 @@ def test_filtered_search_is_exact_on_a_small_catalog(flt: dict[str, Any], kind: 
     assert mask is not None
     expected_rows = [i for i, r in enumerate(rows) if passes(r, flt)]
     assert np.flatnonzero(mask).tolist() == expected_rows
+    assert filter_mask(flt, TOWER, snap.attributes) is mask  # type: ignore[arg-type]  # cached
+    assert snap.attributes.masks.entry_of(mask) is not None  # type: ignore[union-attr]
+    assert not mask.flags.writeable  # shared by every request asking the same filter
     excluded = {ids[r] for r in expected_rows[:3]}
     recalls = []
-    for q in recall_queries(vectors, dataclasses.replace(config, sample_queries=20, seed=5)):
+    queries = recall_queries(vectors, dataclasses.replace(config, sample_queries=20, seed=5))
+    # the cached rows (count, bitmap, row numbers made once) and a request's own mask (a copy)
+    for q, allowed in [(q, m) for q in queries for m in (mask, mask.copy())]:
         for k in (1, 10, 500):
-            got = snap.search(q, k, [excluded], allowed=mask, exact_below=0.02)[0]
+            got = snap.search(q, k, [excluded], allowed=allowed, exact_below=0.02)[0]
             want = brute(vectors, ids, q, k, lambda r: bool(mask[r]) and ids[r] not in excluded)
             assert len(got) == len(want) == min(k, len(expected_rows) - len(excluded & set(ids)))
             assert all(passes(rows[int(i[1:])], flt) and i not in excluded for i, _ in got)
@@ -234,3 +240,20 @@ def test_columns_persist_with_the_build_and_are_checked(
     (bdir / ATTRIBUTES_FILE).write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         store.load(demo_version, manifest, build)
+
+
+def test_mask_cache_is_bounded_and_known_by_identity() -> None:
+    cache = MaskCache(budget_bytes=3300)  # an entry costs mask + bitmap + 8 B a kept row: 2.5-5 kB here
+    masks = [np.arange(1000) % (i + 2) == 0 for i in range(5)]
+    entries = [cache.put(f"f{i}", m) for i, m in enumerate(masks)]
+    assert [e.count for e in entries] == [int(m.sum()) for m in masks]
+    assert len(cache) == 1 and cache.get("f4") is entries[4]
+    assert cache.get("f0") is None  # over the budget on its own: used once, never kept
+    assert cache.get("f3") is None  # kept, then pushed out by f4 (least recently used first)
+    assert cache.entry_of(masks[4]) is entries[4] and cache.entry_of(masks[4].copy()) is None
+    assert cache.entry_of(masks[0]) is None  # evicted: a request still holding it searches uncached
+    e = entries[4]
+    assert np.array_equal(np.unpackbits(e.bits, bitorder="little")[:1000].astype(bool), e.mask)
+    assert e.rows.tolist() == np.flatnonzero(e.mask).tolist()
+    big = cache.put("big", np.ones(10_000, dtype=bool))  # over the whole budget: used, not kept
+    assert big.count == 10_000 and cache.get("big") is None and cache.get("f4") is entries[4]

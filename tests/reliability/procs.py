@@ -148,10 +148,13 @@ class Server(Proc):
         log: Path,
         worker: bool = False,
         preexec_fn: Callable[[], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = ["serve", "--port", str(self.port)] + ([] if worker else ["--no-worker"])
+        # One serving process unless a test asks for more (the scenarios signal and pause that pid).
+        args = ["serve", "--port", str(self.port), "--workers", str(workers)]
+        args += [] if worker else ["--no-worker"]
         super().__init__(args, env, log, preexec_fn)
 
     def wait_up(self, timeout: float = 60, path: str = "/healthz") -> None:

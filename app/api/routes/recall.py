@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from app.api.deps import ServiceDep, SettingsDep
 from app.api.limits import check_exclusions, check_id, resolve_k
 from app.api.responses import FastJSON
 from app.schemas import RecallRequest, RecallResponse
+from app.service import Service
+from app.settings import Limits
 
 router = APIRouter(tags=["retrieval"])
 ERRORS: dict[int | str, dict[str, str]] = {
@@ -19,10 +23,8 @@ ERRORS: dict[int | str, dict[str, str]] = {
 }
 
 
-@router.post("/recall", response_model=RecallResponse, responses=ERRORS)
-async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep) -> Response:
-    """Top-k items for one user from the index built by the same model version."""
-    limits = settings.limits
+async def answer(service: Service, limits: Limits, body: RecallRequest) -> dict[str, Any]:
+    """The response body of one /recall (also served by app/api/hot.py, without the framework)."""
     k = resolve_k(limits, body.k)
     check_exclusions(limits, body.exclude_item_ids)
     check_id(limits, body.user_id, "user_id")
@@ -35,11 +37,15 @@ async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep
         body.exclude_history,
         filter=body.filter,
     )
-    return FastJSON(
-        {
-            "model_version": res.version,
-            "index_build": res.build,
-            "cold_start": res.cold_start,
-            "items": [{"item_id": i, "score": s} for i, s in res.items],
-        }
-    )
+    return {
+        "model_version": res.version,
+        "index_build": res.build,
+        "cold_start": res.cold_start,
+        "items": [{"item_id": i, "score": s} for i, s in res.items],
+    }
+
+
+@router.post("/recall", response_model=RecallResponse, responses=ERRORS)
+async def recall(body: RecallRequest, service: ServiceDep, settings: SettingsDep) -> Response:
+    """Top-k items for one user from the index built by the same model version."""
+    return FastJSON(await answer(service, settings.limits, body))

@@ -42,6 +42,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--no-senet", dest="senet", action="store_false", default=None, help="no field gating")
     p.add_argument("--no-logq", dest="logq", action="store_false", default=None, help="no logQ correction")
     p.add_argument("--mns", dest="mns", action="store_true", default=None, help="mixed negative sampling")
+    p.add_argument(
+        "--hard-negatives",
+        dest="hard_negatives",
+        action="store_true",
+        default=None,
+        help="hard negatives mined by the previous epoch's model (EBR)",
+    )
+    p.add_argument(
+        "--dat",
+        dest="dat",
+        action="store_true",
+        default=None,
+        help="Dual Augmented Two-Tower (augmented vectors)",
+    )
+    p.add_argument(
+        "--pooling", choices=["mean", "attention"], help="pooling of sequence fields (the history)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -110,6 +127,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             "senet",
             "logq",
             "mns",
+            "hard_negatives",
+            "dat",
+            "pooling",
         )
         if getattr(args, k) is not None
     }

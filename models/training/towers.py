@@ -1,14 +1,26 @@
 """The PyTorch towers, built from a resolved schema: one embedding or projection per field (by kind),
-optional SENet field gating, an optional MLP, an L2-normalised output of a dim shared by both towers."""
+optional SENet field gating, an optional MLP, an L2-normalised output of a dim shared by both towers.
+
+Two options from the literature, both inside the exported graph so the ONNX contract (the schema's
+inputs -> `[B, dim]`) does not change:
+- `pooling="attention"`: a sequence field is pooled by attention over its items (a learned query,
+  plus a learned embedding of each item's distance from the most recent one) instead of a mean;
+- `augment=True` (Dual Augmented Two-Tower, Yu et al. 2021): a learned per-id vector of width
+  `dim`, looked up from the tower's id field and concatenated into the tower input. Training pulls
+  it towards the other tower's output for the positives (the mimic loss, in train.py), so each
+  tower carries what the other side found in its interactions.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.errors import SchemaError
 from models.features import FeatureSchema, FieldSpec, Side, TowerSchema
 
 
@@ -21,9 +33,15 @@ class FieldEmbedding(nn.Module):
     projection of the given embedding.
     """
 
-    def __init__(self, spec: FieldSpec, cardinality: int, dim: int) -> None:
+    def __init__(self, spec: FieldSpec, cardinality: int, dim: int, pooling: str = "mean") -> None:
         super().__init__()
         self.kind = spec.kind
+        self.attention = pooling == "attention" and spec.kind == "sequence"
+        if self.attention:
+            self.query = nn.Parameter(torch.randn(dim) * 0.05)
+            # position 0 = the most recent item; a history is at most max_len long
+            self.positions = nn.Embedding(max(1, spec.max_len), dim)
+            nn.init.normal_(self.positions.weight, std=0.05)
         if spec.kind == "multi_hot":
             self.proj: nn.Module = nn.Linear(cardinality, dim, bias=False)
         elif spec.kind in ("numeric", "vector"):
@@ -48,6 +66,8 @@ class FieldEmbedding(nn.Module):
             out: Tensor = self.proj(x) / count
             return out
         emb: Tensor = self.proj(x)
+        if self.attention:
+            return self._attend(x, emb)
         if self.kind in ("sequence", "hashed_words"):
             # masked mean; EmbeddingBag is avoided because its ONNX export is poor
             mask = (x != 0).unsqueeze(-1).to(emb.dtype)
@@ -55,6 +75,20 @@ class FieldEmbedding(nn.Module):
             pooled: Tensor = (emb * mask).sum(dim=1) / count
             return pooled
         return emb
+
+    def _attend(self, x: Tensor, emb: Tensor) -> Tensor:
+        """Attention pooling over a right-padded sequence, oldest first. Keys carry the distance from
+        the most recent item, so recency can be weighted; values are the item embeddings."""
+        mask = x != 0
+        count = mask.sum(dim=1, keepdim=True)
+        col = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        dist = (count - 1 - col).clamp(min=0, max=self.positions.num_embeddings - 1)
+        keys = emb + self.positions(dist)
+        scores = (keys * self.query).sum(dim=-1) / math.sqrt(emb.shape[-1])
+        # -1e9, not -inf: an empty history gives uniform weights over zero vectors, not NaN
+        weights = torch.softmax(scores.masked_fill(~mask, -1e9), dim=1) * mask.to(emb.dtype)
+        pooled: Tensor = (weights.unsqueeze(-1) * emb).sum(dim=1)
+        return pooled
 
 
 class SENet(nn.Module):
@@ -84,16 +118,27 @@ class Tower(nn.Module):
         hidden: Sequence[int] = (256,),
         senet: bool = True,
         dropout: float = 0.0,
+        pooling: str = "mean",
+        augment: bool = False,
     ) -> None:
         super().__init__()
         self.side = tower.side
         self.field_names = [f.name for f in tower.fields]
         self.embeddings = nn.ModuleDict(
-            {f.name: FieldEmbedding(f, f.cardinality(vocabularies), field_dim) for f in tower.fields}
+            {f.name: FieldEmbedding(f, f.cardinality(vocabularies), field_dim, pooling) for f in tower.fields}
         )
         self.senet = SENet(len(tower.fields)) if senet else None
-        layers: list[nn.Module] = []
         width = field_dim * len(tower.fields)
+        self.aug_field: str | None = None
+        if augment:
+            id_spec = id_field(tower)
+            self.aug_field = id_spec.name
+            self.aug = nn.Embedding(id_spec.cardinality(vocabularies), dim, padding_idx=0)
+            nn.init.normal_(self.aug.weight, std=0.05)
+            with torch.no_grad():
+                self.aug.weight[0].zero_()
+            width += dim
+        layers: list[nn.Module] = []
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             if dropout > 0:
@@ -104,11 +149,32 @@ class Tower(nn.Module):
         self.dim = dim
 
     def forward(self, **inputs: Tensor) -> Tensor:
+        return self.encode(inputs)[0]
+
+    def encode(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The output vector and, with `augment`, the augmented vector (for the mimic loss)."""
         fields = torch.stack([self.embeddings[name](inputs[name]) for name in self.field_names], dim=1)
         if self.senet is not None:
             fields = self.senet(fields)
-        out = self.mlp(fields.flatten(1))
-        return F.normalize(out, p=2.0, dim=-1, eps=1e-12)
+        flat = fields.flatten(1)
+        aug = None
+        if self.aug_field is not None:
+            aug = self.aug(inputs[self.aug_field])
+            flat = torch.cat([flat, aug], dim=1)
+        out = self.mlp(flat)
+        return F.normalize(out, p=2.0, dim=-1, eps=1e-12), aug
+
+
+def id_field(tower: TowerSchema) -> FieldSpec:
+    """The tower's categorical field that reads the entity id (the key of a per-id vector)."""
+    for f in tower.fields:
+        if f.source == tower.id_field and f.kind == "categorical":
+            return f
+    raise SchemaError(
+        "schema",
+        f"{tower.side}.fields",
+        f"augmented vectors need a categorical field reading {tower.id_field!r}",
+    )
 
 
 class TwoTower(nn.Module):

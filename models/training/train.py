@@ -1,4 +1,9 @@
-"""Training: in-batch sampled softmax with logQ correction, optional mixed negatives, early stopping."""
+"""Training: in-batch sampled softmax with logQ correction, early stopping, and the options the
+ablation (models/training/ablation.py, docs/MODEL.md "Ablation") measures: mixed negative sampling,
+hard negatives mined by the previous epoch's model (EBR), Dual Augmented Two-Tower, attention pooling.
+
+Speed: every input is encoded once (`prepare`) and kept as tensors; a batch is an `index_select`
+plus trimming all-padding columns, so no Python feature encoding runs per batch or per epoch."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from models.errors import DataError, VersionExists
 from models.features import FeatureSchema, Side, TowerEncoder
 from models.manifest import check_tag, new_version_tag
 from models.schema import SchemaFile, load_schema
-from models.training.evaluate import EvalSet, Split, evaluate, temporal_split
+from models.training.evaluate import EvalSet, Split, eval_set, evaluate, temporal_split
 from models.training.export import export_version
 from models.training.towers import TwoTower, to_tensors
 
@@ -43,9 +48,23 @@ class TrainConfig:
     mns: bool = False  # mixed negative sampling from a cache of uniformly sampled item vectors
     mns_cache: int = 1024
     mns_refresh: int = 256
+    # hard negatives (Huang et al., 2020, "Embedding-based Retrieval in Facebook Search"): for each
+    # user, the items the previous epoch's model ranks in [hard_lo, hard_hi) among those the user did
+    # not pick; one per example joins the softmax with its own logQ correction
+    hard_negatives: bool = False
+    hard_lo: int = 20
+    hard_hi: int = 200
+    # Dual Augmented Two-Tower (Yu et al., 2021): per-id augmented vectors with the mimic loss, and
+    # the category alignment loss over `dat_category` (an item multi_hot or categorical field)
+    dat: bool = False
+    dat_mimic: float = 0.5
+    dat_cal: float = 1.0
+    dat_category: str | None = None  # default: the item tower's first multi_hot field
+    # of sequence fields: "mean" or "attention" (the ablation's best, docs/MODEL.md "Ablation")
+    pooling: str = "attention"
     patience: int = 3
     seed: int = 7
-    threads: int = 2
+    threads: int = 1  # measured: 2 intra-op threads on 2 busy cores ran an epoch 11-14x slower (spin-waits)
     max_minutes: float = 9.0  # a hard stop so `twotower train` stays under 10 minutes on 2 cores
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +83,13 @@ class Prepared:
     user_arrays: dict[str, np.ndarray]  # one row per training example
     target: np.ndarray  # catalogue row of each example's item
     item_prob: np.ndarray  # training click frequency per catalogue item (the in-batch sampling q)
+    example_user: np.ndarray  # row in `train_users` of each example's user
+    train_users: list[str]
+    user_last: dict[str, np.ndarray]  # each train user with the full training history (mining)
+    user_items: list[np.ndarray]  # catalogue rows each train user interacted with in training
+    item_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    user_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    eval_inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # by stage
 
 
 def seed_everything(seed: int) -> None:
@@ -85,6 +111,12 @@ def history_len(schema: FeatureSchema) -> int:
     return max((f.max_len for f in schema.user.fields if f.from_interactions), default=0)
 
 
+def with_history_len(schema_file: SchemaFile, n: int) -> SchemaFile:
+    """The schema with every `from_interactions` field keeping the user's last `n` items."""
+    fields = tuple(replace(f, max_len=n) if f.from_interactions else f for f in schema_file.user.fields)
+    return replace(schema_file, user=replace(schema_file.user, fields=fields))
+
+
 def prepare(data: Dataset, schema_file: SchemaFile) -> Prepared:
     split = temporal_split(data)
     # vocabularies and statistics come from the whole tables; a history field's values are the
@@ -97,17 +129,29 @@ def prepare(data: Dataset, schema_file: SchemaFile) -> Prepared:
     item_arrays = TowerEncoder(schema, "item").encode([data.items[i] for i in item_ids])
     rows: list[dict[str, Any]] = []
     target: list[int] = []
+    example_user: list[int] = []
     L = history_len(schema)
-    for u, seq in split.train.items():
+    train_users = list(split.train)
+    for k, (u, seq) in enumerate(split.train.items()):
         for j, item in enumerate(seq):
             # the history a training example sees is strictly before its item, as at serving time
             rows.append(user_row(data, u, seq[max(0, j - L) : j]))
             target.append(row_of[item])
+            example_user.append(k)
     if not rows:
         raise DataError("no training interactions after the temporal split")
-    user_arrays = TowerEncoder(schema, "user").encode(rows)
+    encoder = TowerEncoder(schema, "user")
+    user_arrays = encoder.encode(rows)
+    user_last = encoder.encode([user_row(data, u, seq[-L:] if L else []) for u, seq in split.train.items()])
     counts = np.bincount(np.asarray(target), minlength=len(item_ids)).astype(np.float64)
     prob = counts / counts.sum()
+    eval_inputs = {}
+    for stage in ("valid", "test"):
+        es = eval_set(split, stage)
+        hist = [h[-L:] if L else [] for h in es.history]
+        eval_inputs[stage] = to_tensors(
+            encoder.encode([user_row(data, u, h) for u, h in zip(es.users, hist, strict=True)])
+        )
     return Prepared(
         data=data,
         split=split,
@@ -117,45 +161,101 @@ def prepare(data: Dataset, schema_file: SchemaFile) -> Prepared:
         user_arrays=user_arrays,
         target=np.asarray(target, dtype=np.int64),
         item_prob=prob,
+        example_user=np.asarray(example_user, dtype=np.int64),
+        train_users=train_users,
+        user_last=user_last,
+        user_items=[np.unique([row_of[i] for i in seq]) for seq in split.train.values()],
+        item_tensors=to_tensors(item_arrays),
+        user_tensors=to_tensors(user_arrays),
+        eval_inputs=eval_inputs,
     )
 
 
-def _take(arrays: Mapping[str, np.ndarray], idx: np.ndarray, trim: bool = True) -> dict[str, torch.Tensor]:
+def _take(arrays: Mapping[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in arrays.items():
-        part = v[idx]
-        if trim and part.ndim == 2 and part.dtype == np.int64:
-            # drop all-padding columns so short-history batches cost less
-            width = max(1, int((part != 0).any(axis=0).nonzero()[0].max(initial=0)) + 1)
-            part = part[:, :width]
-        out[k] = torch.from_numpy(np.ascontiguousarray(part))
+        part = v.index_select(0, idx)
+        if part.ndim == 2 and part.dtype == torch.int64 and part.shape[1] > 1:
+            # drop all-padding columns (lists are right-padded) so short-history batches cost less
+            used = (part != 0).any(dim=0).nonzero()
+            part = part[:, : int(used.max()) + 1 if len(used) else 1]
+        out[k] = part
     return out
 
 
-def encode_items(model: TwoTower, prep: Prepared, batch: int = 4096) -> np.ndarray:
+def encode_items(model: TwoTower, prep: Prepared) -> np.ndarray:
     model.eval()
-    vecs = []
     with torch.no_grad():
-        for s in range(0, len(prep.item_ids), batch):
-            idx = np.arange(s, min(s + batch, len(prep.item_ids)))
-            vecs.append(model.item(**_take(prep.item_arrays, idx)).numpy())
-    return np.concatenate(vecs)
+        vecs: np.ndarray = model.item(**prep.item_tensors).numpy()
+        return vecs
 
 
-def encode_users(model: TwoTower, prep: Prepared, es: EvalSet) -> np.ndarray:
+def encode_users(model: TwoTower, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
     model.eval()
-    enc = TowerEncoder(prep.schema, "user")
-    rows = [user_row(prep.data, u, h) for u, h in zip(es.users, es.history, strict=True)]
     with torch.no_grad():
-        vecs: np.ndarray = model.user(**to_tensors(enc.encode(rows))).numpy()
+        vecs: np.ndarray = model.user(**inputs).numpy()
         return vecs
 
 
 def run_eval(model: TwoTower, prep: Prepared, stage: str, baseline: bool) -> dict[str, dict[str, float]]:
     items = encode_items(model, prep)
-    return evaluate(
-        prep.split, stage, prep.item_ids, items, lambda es: encode_users(model, prep, es), baseline=baseline
-    )
+    users = encode_users(model, prep.eval_inputs[stage])
+
+    def user_vectors(es: EvalSet) -> np.ndarray:
+        return users
+
+    return evaluate(prep.split, stage, prep.item_ids, items, user_vectors, baseline=baseline)
+
+
+def item_categories(prep: Prepared, name: str | None) -> torch.Tensor:
+    """Each catalogue item's category for the DAT alignment loss: the first active column of a
+    multi_hot field (in vocabulary order) or a categorical field's index."""
+    fields = prep.schema.item.fields
+    spec = next((f for f in fields if f.name == name), None) if name else None
+    if spec is None:
+        spec = next((f for f in fields if f.kind == "multi_hot"), None)
+    if spec is None or spec.kind not in ("multi_hot", "categorical"):
+        raise DataError(
+            f"dat_category: {name or 'no multi_hot item field'}: needs an item multi_hot or categorical field"
+        )
+    arr = prep.item_arrays[spec.name]
+    if spec.kind == "multi_hot":
+        arr = np.where(arr.any(axis=1), arr.argmax(axis=1) + 1, 0)
+    return torch.from_numpy(np.asarray(arr, dtype=np.int64))
+
+
+def category_alignment(v: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+    """DAT's category alignment loss: the covariance of the batch's item vectors in each category is
+    pulled towards the covariance of the largest category (Frobenius), so sparse categories are
+    spread like the dense one."""
+    cats, counts = torch.unique(cat, return_counts=True)
+    keep = cats[counts >= 2]
+    if len(keep) < 2:
+        return v.new_zeros(())
+
+    def cov(x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=0)
+        return x.T @ x / (len(x) - 1)
+
+    major = cats[counts.argmax()]
+    ref = cov(v[cat == major])
+    terms = [((ref - cov(v[cat == c])) ** 2).sum() for c in keep if c != major]
+    return torch.stack(terms).mean()
+
+
+def mine_hard(model: TwoTower, prep: Prepared, lo: int, hi: int) -> np.ndarray:
+    """[train users, hi - lo]: the catalogue rows ranked lo..hi-1 for each user by the current
+    model, among the items the user did not interact with in training."""
+    items = encode_items(model, prep)
+    users = encode_users(model, to_tensors(prep.user_last))
+    scores = users @ items.T
+    for k, seen in enumerate(prep.user_items):
+        scores[k, seen] = -np.inf
+    hi = min(hi, len(prep.item_ids) - max(len(s) for s in prep.user_items))
+    lo = min(lo, max(0, hi - 1))
+    top = np.argpartition(-scores, hi - 1, axis=1)[:, :hi]
+    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(top, order, axis=1)[:, lo:hi]
 
 
 def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str, Any]]:
@@ -169,29 +269,47 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
         hidden=config.hidden,
         senet=config.senet,
         dropout=config.dropout,
+        pooling=config.pooling,
+        augment=config.dat,
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel over all parameters instead of several small ops per tensor; the unfused
+    # step was 17% of an epoch's CPU in the profiler (its gain is not measurable on the busy box)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     log_q = torch.from_numpy(np.log(np.maximum(prep.item_prob, 1e-12))).float()
+    category = item_categories(prep, config.dat_category) if config.dat else None
     n_items = len(prep.item_ids)
     rng = np.random.default_rng(config.seed)
     n = len(prep.target)
+    target = torch.from_numpy(prep.target)
     cache_vec = torch.empty(0, config.dim)
     cache_idx = torch.empty(0, dtype=torch.long)
+    hard: np.ndarray | None = None
+    log_q_hard = torch.zeros(n_items)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
     history: list[dict[str, float]] = []
     stop_reason = "max_epochs"
     t_start = time.monotonic()
     for epoch in range(1, config.epochs + 1):
+        if config.hard_negatives and epoch > 1:
+            # mined by the model as it stands after the previous epoch (EBR's "previous model")
+            hard = mine_hard(model, prep, config.hard_lo, config.hard_hi)
+            # a hard negative is drawn uniformly from its user's pool, so item i is drawn with
+            # probability proportional to how many examples' pools hold it: that is its q
+            per_user = np.bincount(prep.example_user, minlength=len(prep.train_users)).astype(np.float64)
+            q = np.bincount(
+                hard.ravel(), weights=np.repeat(per_user / hard.shape[1], hard.shape[1]), minlength=n_items
+            )
+            log_q_hard = torch.from_numpy(np.log(np.maximum(q / q.sum(), 1e-12))).float()
         model.train()
-        order = rng.permutation(n)
+        order = torch.from_numpy(rng.permutation(n))
         total, steps = 0.0, 0
         for s in range(0, n, config.batch_size):
             idx = order[s : s + config.batch_size]
             if len(idx) < 2:
                 continue
-            tgt = torch.from_numpy(prep.target[idx])
-            u = model.user(**_take(prep.user_arrays, idx))
-            v = model.item(**_take(prep.item_arrays, prep.target[idx]))
+            tgt = target.index_select(0, idx)
+            u, u_aug = model.user.encode(_take(prep.user_tensors, idx))
+            v, v_aug = model.item.encode(_take(prep.item_tensors, tgt))
             logits = u @ v.T / config.temperature
             if config.logq:
                 # in-batch negatives are drawn by click frequency: subtract the log of each item's
@@ -200,16 +318,30 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
                 logits = logits - (log_q[tgt] + math.log(len(idx)))[None, :]
             # the same item twice in a batch is not a negative for itself
             dup = (tgt[:, None] == tgt[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
-            logits = logits.masked_fill(dup, -1e9)
+            parts = [logits.masked_fill(dup, -1e9)]
             if config.mns and len(cache_idx):
                 # cached vectors were sampled uniformly from the catalogue: their correction is
                 # the expected count C/N, the same for every item, unlike the in-batch B*q(i)
                 extra = u @ cache_vec.T / config.temperature
                 if config.logq:
                     extra = extra - math.log(len(cache_idx) / n_items)
-                extra = extra.masked_fill(tgt[:, None] == cache_idx[None, :], -1e9)
-                logits = torch.cat([logits, extra], dim=1)
+                parts.append(extra.masked_fill(tgt[:, None] == cache_idx[None, :], -1e9))
+            if hard is not None:
+                users = prep.example_user[idx.numpy()]
+                pick = torch.from_numpy(hard[users, rng.integers(0, hard.shape[1], size=len(users))])
+                vh = model.item(**_take(prep.item_tensors, pick))
+                extra = u @ vh.T / config.temperature
+                if config.logq:
+                    extra = extra - (log_q_hard[pick] + math.log(len(idx)))[None, :]
+                parts.append(extra.masked_fill(tgt[:, None] == pick[None, :], -1e9))
+            logits = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
             loss = F.cross_entropy(logits, torch.arange(len(idx)))
+            if u_aug is not None and v_aug is not None:
+                # mimic loss: each augmented vector learns the other tower's output for its positive
+                mimic = ((u_aug - v.detach()) ** 2).sum(1).mean() + ((v_aug - u.detach()) ** 2).sum(1).mean()
+                loss = loss + config.dat_mimic * mimic
+            if category is not None:
+                loss = loss + config.dat_cal * category_alignment(v, category[tgt])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -218,12 +350,12 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             if config.mns:
                 # refresh a slice of the cache with fresh vectors of uniformly sampled items
                 with torch.no_grad():
-                    pick = rng.integers(0, n_items, size=config.mns_refresh)
+                    fresh_idx = torch.from_numpy(rng.integers(0, n_items, size=config.mns_refresh))
                     model.item.eval()
-                    fresh = model.item(**_take(prep.item_arrays, pick))
+                    fresh = model.item(**_take(prep.item_tensors, fresh_idx))
                     model.item.train()
                 cache_vec = torch.cat([fresh, cache_vec])[: config.mns_cache]
-                cache_idx = torch.cat([torch.from_numpy(pick), cache_idx])[: config.mns_cache]
+                cache_idx = torch.cat([fresh_idx, cache_idx])[: config.mns_cache]
         val = run_eval(model, prep, "valid", baseline=False)["two_tower"]
         r50 = val["recall@50"]
         elapsed = time.monotonic() - t_start

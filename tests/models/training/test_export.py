@@ -111,3 +111,50 @@ def test_mns_and_no_senet_train(tiny_data: Path) -> None:
     model, info = train_model(prep, cfg)
     assert model.user.senet is None and info["epochs_run"] == 1
     assert 0.0 <= info["best_val_recall@50"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dat": True, "pooling": "attention"},
+        {"hard_negatives": True, "hard_lo": 2, "hard_hi": 10, "epochs": 2},
+    ],
+    ids=["dat-attention", "hard-negatives"],
+)
+def test_options_train_and_export_with_the_same_contract(
+    tiny_data: Path, tmp_path: Path, options: dict[str, object]
+) -> None:
+    """DAT's augmented vectors and attention pooling live inside the towers: the exported graphs take
+    exactly the schema's inputs and give [B, dim], match PyTorch, and embed cold rows finitely."""
+    cfg = TrainConfig(**{**TINY.to_dict(), "hidden": (16,), **options})
+    prep = prepare(load_dataset(tiny_data, SCHEMA), SCHEMA)
+    model, info = train_model(prep, cfg)
+    assert info["epochs_run"] == cfg.epochs
+    if cfg.dat:
+        assert model.user.aug_field == "user_id" and model.item.aug_field == "item_id"
+    path = export_mod.export_version(model, prep.schema, tmp_path, "opt-1", real_rows(prep, n=8))
+    m = load_version(tmp_path, "opt-1")
+    for side, fname in (("user", USER_TOWER), ("item", ITEM_TOWER)):
+        sess = _session(path / fname)
+        assert [i.name for i in sess.get_inputs()] == [f.name for f in prep.schema.tower(side).fields]
+        batch = export_mod.random_batch(m.features, side, 9, seed=1)
+        out = sess.run(["embedding"], batch)[0]
+        assert out.shape == (9, 16) and np.isfinite(out).all()
+
+
+def test_attention_pooling_weights_recent_items_by_position(tiny_data: Path) -> None:
+    """The pooled history depends on the order of the items (mean pooling does not)."""
+    from models.training.towers import FieldEmbedding
+
+    spec = SCHEMA.user.field("history")
+    emb = FieldEmbedding(spec, 10, 4, pooling="attention")
+    with torch.no_grad():
+        emb.positions.weight[0].fill_(3.0)  # the most recent item gets a large key
+        emb.query.fill_(1.0)
+    x = torch.tensor([[1, 2, 0], [2, 1, 0]])
+    out = emb(x)
+    assert not torch.allclose(out[0], out[1])
+    mean = FieldEmbedding(spec, 10, 4, pooling="mean")
+    assert torch.allclose(mean(x)[0], mean(x)[1])
+    empty = emb(torch.tensor([[0, 0]]))
+    assert torch.equal(empty, torch.zeros(1, 4))

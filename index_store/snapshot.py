@@ -53,7 +53,13 @@ class Snapshot:
     def lossy(self) -> bool:
         """True when the index holds compressed codes (SQ, PQ): its scores are then approximate."""
         factory = str(self.manifest.get("index", {}).get("factory", ""))
-        return "SQ" in factory or "PQ" in factory
+        if "SQ" in factory or "PQ" in factory:
+            return True
+        if self.kind != IVF:
+            return False
+        # The kind search (index_store/kinds.py) may pick IVF-SQ8 whatever a caller's manifest says.
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(self.index))
+        return isinstance(ivf, faiss.IndexIVFScalarQuantizer | faiss.IndexIVFPQ)
 
     def exact_scores(self, query: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """`scores` ([B, n] from the index) recomputed from the stored vectors when the codes are lossy.

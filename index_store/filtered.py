@@ -152,7 +152,7 @@ def _ann(
     # Compressed codes: fetch twice as many and let the stored vectors pick the best `want`.
     fetch = min(snap.size, want * LOSSY_FETCH) if snap.lossy else want
     scores, rows = snap.index.search(iq, fetch, params=params)
-    scores = snap.exact_scores(query.reshape(1, -1), scores, rows)
+    scores, rows = snap.exact_scores(query.reshape(1, -1), scores, rows)
     del bits  # the selector reads it during the search: keep it alive until here
     scores, rows = scores[:, :want], rows[:, :want]
     keep = rows[0] >= 0

@@ -61,22 +61,25 @@ class Snapshot:
         ivf = faiss.downcast_index(faiss.extract_index_ivf(self.index))
         return isinstance(ivf, faiss.IndexIVFScalarQuantizer | faiss.IndexIVFPQ)
 
-    def exact_scores(self, query: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """`scores` ([B, n] from the index) recomputed from the stored vectors when the codes are lossy.
+    def exact_scores(
+        self, query: np.ndarray, scores: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) from the index, rescored from the stored vectors when the codes are lossy.
 
         A compressed index finds the candidates; their scores (and order) come from the stored
         float32 vectors, so /recall's scores equal /score's and the exact filtered scan's. Sorted
         descending per query; missing rows (-1) stay last. About 10 us for 200 rows at dim 64.
         """
         if not self.lossy:
-            return scores
+            return scores, rows
         q = np.asarray(query, dtype=np.float32).reshape(len(rows), -1)
         safe = np.where(rows >= 0, rows, 0)
         exact = np.einsum("bnd,bd->bn", self.vectors[safe.ravel()].reshape(*rows.shape, -1), q)
         exact[rows < 0] = -np.inf
         order = np.argsort(-exact, axis=1, kind="stable")
-        rows[...] = np.take_along_axis(rows, order, axis=1)
-        return np.take_along_axis(exact, order, axis=1).astype(np.float32)
+        return np.take_along_axis(exact, order, axis=1).astype(np.float32), np.take_along_axis(
+            rows, order, axis=1
+        )
 
     @property
     def size(self) -> int:
@@ -120,13 +123,13 @@ class Snapshot:
         set_faiss_threads(self.threads)
         iq = pad_queries(q, self.index.d)  # the MIPS coordinate of a dot model's ANN index (build.py)
         scores, rows = self.index.search(iq, fetch, params=self._params)
-        scores = self.exact_scores(q, scores, rows)
+        scores, rows = self.exact_scores(q, scores, rows)
         out = [self._pick(scores[i], rows[i], banned[i], want[i]) for i in range(nq)]
         short = [i for i in range(nq) if len(out[i]) < want[i]]
         if short and self.kind in (IVF, HNSW):
             wider = {name: value * _WIDEN for name, value in self.search_params.items()}
             scores, rows = self.index.search(iq[short], fetch, params=search_parameters(self.kind, wider))
-            scores = self.exact_scores(q[short], scores, rows)
+            scores, rows = self.exact_scores(q[short], scores, rows)
             for j, i in enumerate(short):
                 out[i] = self._pick(scores[j], rows[j], banned[i], want[i])
             short = [i for i in short if len(out[i]) < want[i]]

@@ -27,6 +27,7 @@ def serve(
     """One serving process; `sockets`: a listening socket bound by the supervisor (app.supervisor)."""
     import uvicorn
 
+    from app.http_protocol import OneWriteProtocol
     from app.main import create_app
 
     if no_worker:
@@ -41,6 +42,7 @@ def serve(
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="on",
+        http=OneWriteProtocol,  # httptools, one write per response (app/http_protocol.py)
     )
 
     class DrainingServer(uvicorn.Server):

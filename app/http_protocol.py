@@ -11,7 +11,8 @@ Used by `app.serve` (`uvicorn.Config(http=OneWriteProtocol)`); tested in tests/a
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -56,7 +57,7 @@ class OneWriteCycle(RequestResponseCycle):
         if kind == "http.response.start" and not self.response_started:
             real = self.transport
             collect = _Collect(real)
-            self.transport = collect
+            self.transport = cast(asyncio.Transport, collect)  # duck-typed: write + delegation
             try:
                 await super().send(message)
             finally:
@@ -69,7 +70,7 @@ class OneWriteCycle(RequestResponseCycle):
             return
         real = self.transport
         prefixed = _Prefixed(real, head)
-        self.transport = prefixed
+        self.transport = cast(asyncio.Transport, prefixed)
         try:
             await super().send(message)
         finally:

@@ -94,6 +94,23 @@ def test_id_map_lookups() -> None:
     assert empty.rows(["a"])[0] == -1
 
 
+def test_id_map_agrees_with_a_dict() -> None:
+    """Many ids of mixed lengths (probe runs, collisions): every lookup as a dict would answer,
+    asked as a list, a tuple or a generator, with misses, longer ids and a lone surrogate."""
+    rng = np.random.default_rng(3)
+    stored = list(
+        dict.fromkeys(f"{rng.integers(0, 10 ** int(rng.integers(1, 9)))}-{i % 7}" for i in range(30_000))
+    )
+    stored.append("\ud800lone")
+    m = IdMap.from_ids(stored)
+    row = {x: i for i, x in enumerate(stored)}
+    asked = [*rng.choice(stored, 2_000).tolist(), "\ud800lone", "", "missing", stored[5] + "x" * 40]
+    want = [row.get(x, -1) for x in asked]
+    np.testing.assert_array_equal(m.rows(asked), want)
+    np.testing.assert_array_equal(m.rows(tuple(asked)), want)
+    np.testing.assert_array_equal(m.rows(x for x in asked), want)
+
+
 def test_build_from_before_the_id_order_file_still_loads(
     tmp_path: Path, model_store: Path, manifest: ModelManifest, catalog: Any
 ) -> None:

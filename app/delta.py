@@ -85,12 +85,16 @@ class DeltaView:
         scores = (self.vectors @ query).astype(np.float64)
         if allowed is not None:
             scores[~allowed] = -np.inf
-        for item_id in banned:
-            r = self.row_of.get(item_id)
-            if r is not None:
-                scores[r] = -np.inf
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [(str(self.ids[r]), float(scores[r])) for r in top.tolist() if np.isfinite(scores[r])]
+        rows = [r for r in map(self.row_of.get, banned) if r is not None]
+        if rows:
+            scores[rows] = -np.inf
+        # Every request searches the pending rows (up to thousands during an upsert stream): a
+        # partial sort and one conversion of the winners, not a full sort and a loop over k rows.
+        n = len(scores)
+        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.lexsort((top, -scores[top]))]  # score descending, ties by row
+        top = top[np.isfinite(scores[top])]
+        return list(zip(self.ids[top].tolist(), scores[top].tolist(), strict=True))
 
     def filter_rows(
         self, raw: Mapping[str, Any] | None, served: ServedVersion, max_values: int

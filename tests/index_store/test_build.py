@@ -39,6 +39,7 @@ def test_ivf_recall_meets_floor_and_agrees_with_brute_force() -> None:
     overlap = np.mean([len(np.intersect1d(a, b)) / 50 for a, b in zip(found, exact, strict=True)])
     assert overlap == pytest.approx(built.recall["value"], abs=1e-4)
     assert overlap == pytest.approx(built.recall["id_overlap"], abs=1e-4)
+
     # nprobe is the smallest whose one-sided 95% lower bound (mean less 1.645 standard errors of
     # the per-query recalls) meets the floor, so that it holds for queries the tuning never saw.
     def bound(p: int) -> float:

@@ -1,4 +1,4 @@
-"""The server's life under load: twenty reindex-and-swap cycles (memory back near its baseline, no
+"""The server's life under load: a dozen reindex-and-swap cycles (memory back near its baseline, no
 failed request), and SIGTERM (readiness 503 first, in-flight requests complete)."""
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from tests.reliability.procs import Load, Server, deadline_loop, fmt_counts, mib
 
 pytestmark = pytest.mark.slow
 
-CYCLES = 20
+CYCLES = 12  # 10 after the baseline: a leaked snapshot each would be ~70 MB, past SLACK
 N_ITEMS = 10_000  # ~7 MB per snapshot (vectors, index, ids, id map): a leak of a few shows in RSS
 SLACK = 48 * 2**20
 
 
-def test_twenty_reindex_cycles_under_load(
+def test_reindex_cycles_under_load(
     tmp_path: Path,
     spawn: Callable[..., Any],
     base_env: dict[str, str],

@@ -217,6 +217,13 @@ def from_bytes(data: bytes, described: Mapping[str, str], size: int, where: str)
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError) as exc:
         raise ArtifactError(f"{where}: not a readable .npz file ({exc})") from exc
+    return from_arrays(arrays, described, size, where)
+
+
+def from_arrays(
+    arrays: Mapping[str, np.ndarray], described: Mapping[str, str], size: int, where: str
+) -> Attributes:
+    """Columns from the arrays of a `to_bytes` archive (read, or mapped by index_store.npzmap)."""
     columns: dict[str, Column] = {}
     try:
         for i, (name, kind) in enumerate(described.items()):

@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,11 +37,19 @@ import faiss
 import numpy as np
 import onnxruntime as ort
 
-from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, Attributes, from_bytes, to_bytes
+from index_store.attributes import (
+    ATTRIBUTES_FILE,
+    AttributeCollector,
+    Attributes,
+    from_arrays,
+    from_bytes,
+    to_bytes,
+)
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
 from index_store.encode import CatalogEncoder, EncodedCatalog, encode_catalog
 from index_store.idmap import ID_TABLE_FILE, IdMap, build_table
 from index_store.locking import file_lock, pid_alive
+from index_store.npzmap import map_npz
 from index_store.snapshot import Snapshot
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
 from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version, sha256_file
@@ -199,8 +208,7 @@ class IndexStore:
         n, dim = int(manifest["item_count"]), int(manifest["dim"])
         attributes = None
         if isinstance(manifest.get("attributes"), dict):  # builds from before filters have none
-            raw = _read_verified(bdir / ATTRIBUTES_FILE, manifest)
-            attributes = from_bytes(raw, manifest["attributes"], n, str(bdir / ATTRIBUTES_FILE))
+            attributes = _load_attributes(bdir / ATTRIBUTES_FILE, manifest, n)
         if ids.dtype.kind != "U" or ids.shape != (n,):
             raise ArtifactError(f"{bdir / IDS_FILE}: expected {n} string ids, got {ids.dtype} {ids.shape}")
         if vectors.dtype != np.float32 or vectors.shape != (n, dim):
@@ -529,6 +537,17 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path}: missing") from exc
+
+
+def _load_attributes(path: Path, manifest: Mapping[str, Any], n: int) -> Attributes:
+    """The filter columns: checked like every build file, then mapped (index_store/npzmap.py), so
+    that serving processes share them; an archive that cannot be mapped is read instead."""
+    _verify(path, manifest)
+    try:
+        arrays = map_npz(path)
+    except (ValueError, OSError, zipfile.BadZipFile):
+        return from_bytes(_read_verified(path, manifest), manifest["attributes"], n, str(path))
+    return from_arrays(arrays, manifest["attributes"], n, str(path))
 
 
 def _read_verified(path: Path, manifest: Mapping[str, Any]) -> bytes:

@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
+from index_store.attributes import ATTRIBUTES_FILE
 from index_store.build import EXACT, HNSW, IVF, IndexConfig, build_index, pad_queries, search_parameters
 from index_store.idmap import ID_TABLE_FILE, IdMap
 from index_store.store import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, MMAP_FLAGS, VECTORS_FILE, IndexStore
@@ -46,7 +47,8 @@ def test_each_kind_loads_as_memory_maps(
     snap = store.load(manifest.version, manifest)
     assert snap.kind == kind
     maps = mapped_files()
-    for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, ID_TABLE_FILE):
+    assert manifest.features.item.filterable and snap.attributes is not None  # the filter columns too
+    for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, ID_TABLE_FILE, ATTRIBUTES_FILE):
         assert str(bdir / name) in maps, f"{name} is not memory-mapped"
     assert not snap.vectors.flags.writeable and not snap.ids.flags.writeable
     # The mapped build answers as the one the build held in memory: the stored vectors find themselves.

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from app.state import locks, queue
 from app.state.aliases import AliasFile
 from app.state.base import FeatureStore, text
+from app.state.batching import KeyBatcher
 from app.state.changes import RedisChangeLog
 from app.state.keys import JOB_TTL_S, Keys
 from models.errors import StoreUnavailable
@@ -53,6 +54,8 @@ class RedisStore(FeatureStore):
             retry_on_timeout=False,
             health_check_interval=10,
         )
+        # Concurrent requests' user reads go out as one MGET per event-loop turn (no caching).
+        self.users = KeyBatcher(lambda keys: self._call("get_user", lambda: self.client.mget(keys)))
         self.locks = locks.RedisLocks(self.client)
         self.changes = RedisChangeLog(self.client, self.keys, self._call)
         # The alias mirror beside the shared index store: what a Redis restarted empty is refilled from.
@@ -81,7 +84,7 @@ class RedisStore(FeatureStore):
         await self.client.aclose()
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
-        raw = await self._call("get_user", lambda: self.client.get(self.keys.user(user_id)))
+        raw = await self.users.get(self.keys.user(user_id))
         return json.loads(raw) if raw else None
 
     async def _hash_aliases(self) -> dict[str, str]:

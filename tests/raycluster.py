@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.conftest import free_port
 
@@ -73,6 +76,13 @@ class LocalCluster:
             return 0
         return len(list((sessions[-1] / "sockets").glob("raylet*")))
 
+    def add_node(self) -> int:
+        """One more node joined to the running cluster; returns its index (for kill_node)."""
+        name = f"node{len(self.nodes) - 1}"
+        self.nodes.append(self._spawn([RAY, "start", "--block", f"--address={self.address}"], name))
+        self._wait_nodes(len(self.nodes))
+        return len(self.nodes) - 1
+
     def kill_node(self, index: int) -> None:
         """SIGKILL one node's whole process tree (a node lost)."""
         _kill_tree(self.nodes[index].pid)
@@ -84,6 +94,20 @@ class LocalCluster:
             p.wait(timeout=30)
         for log in self.logs:
             log.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[LocalCluster]:
+    """A head and one more node, 1 CPU each, shared by a test module's cluster tests (starting one
+    takes 5-15 s of a busy 2-core box). A test that kills a node adds its own (`add_node`)."""
+    pytest.importorskip("ray")
+    # Ray's unix socket paths must stay under ~100 bytes: a short directory of our own.
+    with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
+        cluster = LocalCluster(Path(tmp), workers=1, cpus=1).start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 def _tree(pid: int) -> list[psutil.Process]:

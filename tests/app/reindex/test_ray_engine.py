@@ -22,6 +22,7 @@ import pytest
 from bench.catalog import synthetic_items
 from models.manifest import ModelManifest
 from tests.conftest import free_port
+from tests.data import write_dataset
 from tests.raycluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,7 +36,14 @@ def write_catalog(data: Path, manifest: ModelManifest, n: int, without: str | No
 
 
 def reindex(
-    model_store: Path, data: Path, store: Path, *args: str, timeout: float = 240, prelude: str = ""
+    model_store: Path,
+    data: Path,
+    store: Path,
+    *args: str,
+    timeout: float = 240,
+    prelude: str = "",
+    command: str = "reindex",
+    settings: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
     env.update(
@@ -47,9 +55,10 @@ def reindex(
         TWOTOWER_INDEX__ANN_FACTORY="IVF{nlist},Flat",
         RAY_AUTH_MODE="disabled",
         PYTHONPATH=str(ROOT),
+        **(settings or {}),
     )
     code = f"{prelude}import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-c", code, "reindex", *args]
+    cmd = [sys.executable, "-c", code, command, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -158,6 +167,44 @@ def test_two_node_cluster_builds_what_the_local_engine_builds(
     split = rows_per_node(done.stderr)
     print(f"two-node split: {split}")  # -s shows it
     assert len(split) == 2 and min(split.values()) > 0 and sum(split.values()) == 200_000, split
+    assert leftovers(ray) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["redis", "jsonl"])
+def test_a_catalog_ray_cannot_read_is_streamed_to_the_cluster(
+    source: str,
+    tmp_path: Path,
+    model_store: Path,
+    manifest: ModelManifest,
+    ray_cluster: LocalCluster,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The feature store (Redis) or a JSON-lines items table: read by the build process with the
+    local engine's reader, encoded by both nodes' actors, the same build as the local engine's."""
+    data = tmp_path / "data"
+    write_dataset(data, manifest, 200, 20_000)
+    # 5 blocks of 4,000 rows (4 batches a block): more than the 2 x 2 the actors take at first.
+    settings = {"TWOTOWER_INDEX__BATCH_SIZE": "1000"}
+    if source == "redis":
+        settings["TWOTOWER_REDIS_URL"] = request.getfixturevalue("redis_url")
+        done = reindex(
+            model_store, data, tmp_path / "unused", "--data", str(data), command="load", settings=settings
+        )
+        assert done.returncode == 0, done.stderr
+        (data / "items.jsonl").unlink()  # the catalog is Redis's now, and only there
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    done = reindex(model_store, data, local, settings=settings)
+    assert done.returncode == 0, done.stderr
+    args = ("--engine", "ray", "--ray-address", ray_cluster.address)
+    done = reindex(model_store, data, ray, *args, settings=settings)
+    assert done.returncode == 0, done.stderr
+    where = "the feature store (Redis)" if source == "redis" else f"{data} (read here)"
+    assert f"20000 items from {where}, streamed in 5 blocks" in done.stderr, done.stderr[-3000:]
+    same_build(current(local)[1], current(ray)[1], 20_000, manifest.dim)
+    split = rows_per_node(done.stderr)
+    print(f"{source} split: {split}")
+    assert len(split) == 2 and min(split.values()) > 0 and sum(split.values()) == 20_000, split
     assert leftovers(ray) == []
 
 

@@ -22,7 +22,16 @@ import pytest
 from tests.conftest import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # A killed node is marked dead after ~10 s of missed health checks instead of Ray's ~15-25 s
+    # (3 s x 5, plus a timeout): the node-lost test waits for it. Not shorter: on this busy box a
+    # live raylet can be slow to answer for a few seconds, and a false death fails every test.
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "10",
+}
 
 
 class LocalCluster:

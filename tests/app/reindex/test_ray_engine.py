@@ -125,12 +125,6 @@ def test_unreachable_ray_address(tmp_path: Path, model_store: Path, built: tuple
     assert leftovers(store) == []
 
 
-@pytest.fixture(scope="module")
-def catalog200k(tmp_path_factory: pytest.TempPathFactory, manifest: ModelManifest) -> Path:
-    """A data dir with a 200k-item Parquet catalog, shared by the module's cluster tests."""
-    return write_catalog(tmp_path_factory.mktemp("big"), manifest, 200_000)
-
-
 def rows_per_node(stderr: str) -> dict[str, int]:
     """The split the engine logs: `... rows per node {"<ip>/<node id>": rows, ...}`."""
     (line,) = [s for s in stderr.splitlines() if "rows per node" in s]
@@ -154,12 +148,13 @@ def same_build(a: Path, b: Path, n: int, dim: int) -> None:
 
 @pytest.mark.slow
 def test_two_node_cluster_builds_what_the_local_engine_builds(
-    tmp_path: Path, model_store: Path, manifest: ModelManifest, ray_cluster: LocalCluster, catalog200k: Path
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, ray_cluster: LocalCluster
 ) -> None:
+    data = write_catalog(tmp_path / "data", manifest, 200_000)
     local, ray = tmp_path / "local", tmp_path / "ray"
-    done = reindex(model_store, catalog200k, local)
+    done = reindex(model_store, data, local)
     assert done.returncode == 0, done.stderr
-    done = reindex(model_store, catalog200k, ray, "--engine", "ray", "--ray-address", ray_cluster.address)
+    done = reindex(model_store, data, ray, "--engine", "ray", "--ray-address", ray_cluster.address)
     assert done.returncode == 0, done.stderr
     same_build(current(local)[1], current(ray)[1], 200_000, manifest.dim)
     # One actor on each node (a fixed pool, 0.75 CPU an actor: two never fit on a 1-CPU node), and
@@ -221,7 +216,6 @@ def test_node_lost_during_encoding(
     manifest: ModelManifest,
     ray_cluster: LocalCluster,
     built: tuple[Path, Path, str],
-    catalog200k: Path,
 ) -> None:
     """A worker node killed (SIGKILL, its raylet and actors) while the catalog is being encoded:
     Ray moves the work to the node left, and the build is whole; or the build fails with a
@@ -231,7 +225,10 @@ def test_node_lost_during_encoding(
     test: the dead node stays listed by the GCS for a while after)."""
     lost = ray_cluster.add_node()
     _, store, before = built
-    data = catalog200k
+    # 50k rows: the kill comes with the first block back, a twelfth of the work (blocks sized for
+    # 4 per actor); a bigger catalog only makes the index build after it longer.
+    n = 50_000
+    data = write_catalog(tmp_path / "big", manifest, n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
     env.update(
         TWOTOWER_MODEL_STORE=str(model_store),
@@ -269,11 +266,11 @@ def test_node_lost_during_encoding(
         build, bdir = current(store)
         assert build != before
         ids = np.load(bdir / "ids.npy")
-        assert ids.tolist() == [r["item_id"] for r in synthetic_items(manifest, 200_000)]
+        assert ids.tolist() == [r["item_id"] for r in synthetic_items(manifest, n)]
         from models.runtime import TowerRunner
 
         runner = TowerRunner(model_store / manifest.version, manifest, "item").load()
-        sample = list(synthetic_items(manifest, 200_000))[-2000:]  # rows of the last shards
+        sample = list(synthetic_items(manifest, n))[-2000:]  # rows of the last shards
         np.testing.assert_allclose(np.load(bdir / "vectors.npy")[-2000:], runner.embed(sample), atol=1e-6)
     else:
         assert code == 2, log[-3000:]

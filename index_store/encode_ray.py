@@ -1,8 +1,8 @@
 """The Ray engine: a catalog encoded on a Ray cluster with Ray Data.
 
-    Parquet catalog:  ray.data.read_parquet(files)       read tasks on any node (0.25 CPU each)
-    other catalogs:   the driver's rows -> object store  (the feature store, CSV or JSON lines)
-      .map_batches(ItemTowerActor, concurrency=(n, n))    one ONNX Runtime session per actor (0.75 CPU)
+    a Parquet catalog:  ray.data.read_parquet(files)        read tasks on any node, 0.25 CPU each
+    any other catalog:  rows read here -> the object store   the feature store, CSV, JSON lines
+      .map_batches(ItemTowerActor, ActorPoolStrategy(size=n))  an ONNX Runtime session per actor
     -> shards of (ids, vectors, filterable values, node) streamed back to the build, in catalog order
 
 The actors convert each Parquet row exactly as the local reader does (models.data.convert_catalog_rows)
@@ -364,7 +364,7 @@ def _encoded(
         batch_format="pyarrow",
         # A fixed pool: all actors start at once and are placed by their CPUs (see RayOptions),
         # rather than a pool that grows only when its queue backs up.
-        concurrency=(actors, actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=options.actor_cpus,
     )
 

@@ -190,7 +190,7 @@ def serve_load(
             svc = stack.enter_context(ServiceProcess(svc_env, log=log, ready_timeout_s=900, workers=n))
             time.sleep(2.0 if n > 1 else 0.0)  # every process ready (the first answers /readyz)
             out.append({"workers": n, "feature_store": store_kind, "service_rss_mb": svc.memory()})
-            load(svc.port, 8, 2)  # warm-up
+            load(svc.port, 8, min(10.0, seconds))  # warm-up: every process loaded and answering
             for c in (8, 32):
                 result = load(svc.port, c, seconds)
                 out.append({"workers": n, "client": client, **result})

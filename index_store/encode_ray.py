@@ -5,16 +5,16 @@
       .map_batches(ItemTowerActor, ActorPoolStrategy(size=n))  an ONNX Runtime session per actor
     -> shards of (ids, vectors, filterable values, node) streamed back to the build, in catalog order
 
-The actors convert each Parquet row exactly as the local reader does (models.data.convert_catalog_rows)
-and run the same item tower on it; rows the driver streams were read by the local engine's own
-reader and go through the tower as they are. So both engines give the same vectors (the ONNX graph
-is the same per row; tests check them within 1e-6) and the same ids in the same order
-(`preserve_order`). The tower's bytes travel with the actor's constructor: a worker node needs the
-package installed, not the model store. Ray sets OMP_NUM_THREADS=1 in its workers; ONNX Runtime's
-threads are set explicitly on each session instead (`actor_threads`).
+The actors (index_store.ray_actor) convert each Parquet row exactly as the local reader does
+(models.data.convert_catalog_rows) and run the same item tower on it; rows the driver streams were
+read by the local engine's own reader and go through the tower as they are. So both engines give
+the same vectors (the ONNX graph is the same per row; tests check them within 1e-6) and the same
+ids in the same order (`preserve_order`). The tower's bytes travel with the actor's constructor: a
+worker node needs the package installed, not the model store. Ray sets OMP_NUM_THREADS=1 in its
+workers; ONNX Runtime's threads are set explicitly on each session instead (`actor_threads`).
 
-Ray is an extra (`pip install 'twotower[ray]'`): only this module imports it, and nothing on the
-serving path imports this module.
+Ray is an extra (`pip install 'twotower[ray]'`): only this module (and the actor, on the workers)
+imports it, and nothing on the serving path imports either.
 """
 
 from __future__ import annotations
@@ -23,13 +23,10 @@ import json
 import logging
 import math
 import os
-import pickle
-import shutil
 import socket
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +35,13 @@ import numpy as np
 
 from index_store.attributes import AttributeCollector
 from index_store.encode import EncodedCatalog
-from models.data import check_catalog_columns, columns_of, convert_catalog_rows
+from index_store.ray_actor import ItemTowerActor, row_blocks
+from models.data import check_catalog_columns, columns_of
 from models.errors import BuildRefused, DataError, TwoTowerError
-from models.manifest import ITEM_TOWER, ModelManifest
+from models.manifest import ITEM_TOWER
 from models.runtime import TowerRunner
 
 log = logging.getLogger(__name__)
-
-ROW = "row"  # the column of a streamed block: one pickled catalog row per cell
 
 
 @dataclass(frozen=True)
@@ -70,49 +66,6 @@ class RayOptions:
     actor_threads: int = 1  # ONNX Runtime intra-op threads per actor
     connect_timeout_s: float = 30.0
     pool_timeout_s: float = 300.0  # for every actor of the pool to start (then a clear error)
-
-
-class ItemTowerActor:
-    """One ONNX Runtime session of the item tower; called on pyarrow batches of the catalog:
-    Parquet columns (converted as the local reader converts them) or streamed rows (`ROW`)."""
-
-    def __init__(self, manifest: ModelManifest, tower: bytes, threads: int, filterable: list[str]) -> None:
-        where = tempfile.mkdtemp(prefix="twotower-tower-")
-        try:  # the runner verifies the bytes against the manifest's sha256 and loads them
-            Path(where, ITEM_TOWER).write_bytes(tower)
-            self.runner = TowerRunner(Path(where), manifest, "item", intra_threads=threads).load()
-        finally:
-            shutil.rmtree(where, ignore_errors=True)
-        self.schema = manifest.features
-        self.id_field = manifest.features.item.id_field
-        self.filterable = filterable
-        import ray
-
-        context = ray.get_runtime_context()
-        ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self.node = f"{ip}/{context.get_node_id()[:8]}"
-
-    def __call__(self, batch: Any) -> dict[str, np.ndarray]:
-        if ROW in batch.column_names:  # rows the driver read with the local engine's reader
-            rows = [pickle.loads(b) for b in batch.column(ROW).to_pylist()]
-        else:
-            paths = batch.column("path").to_pylist() if "path" in batch.column_names else ["catalog"]
-            rows = list(convert_catalog_rows(batch.drop_columns(["path"]).to_pylist(), self.schema, paths[0]))
-        vectors = self.runner.embed(rows)
-        bad = ~np.isfinite(vectors).all(axis=1)
-        if bad.any():
-            item = rows[int(np.flatnonzero(bad)[0])][self.id_field]
-            raise DataError(f"item {item!r}: the item tower returned NaN or infinity")
-        out = {
-            "id": np.array([r[self.id_field] for r in rows], dtype=str),
-            "vector": vectors,
-            "node": np.full(len(rows), self.node),
-        }
-        if self.filterable:
-            out["attrs"] = np.array(
-                [json.dumps({k: r.get(k) for k in self.filterable}) for r in rows], dtype=str
-            )
-        return out
 
 
 def parquet_files(source: Path) -> list[Path]:
@@ -272,7 +225,7 @@ def encode_rows_with_ray(
         refs, total = [], 0
         # A block is one map_batches call on one actor: 4 batches a block keeps the object store's
         # per-block cost (a metadata task each) small and still gives a pool blocks to share.
-        for block in _blocks(collector.watch(rows), 4 * batch_size, id_field):
+        for block in row_blocks(collector.watch(rows), 4 * batch_size, id_field):
             refs.append(ray.put(block))
             total += block.num_rows
         if total == 0:
@@ -291,25 +244,6 @@ def encode_rows_with_ray(
     if shards.done != total:
         raise BuildRefused(f"ray engine: {shards.done} of {total} catalog rows came back")
     return EncodedCatalog(shards.ids, shards.vectors, collector.finish(), "ray")
-
-
-def _blocks(rows: Iterable[Mapping[str, Any]], size: int, id_field: str) -> Iterator[Any]:
-    """Arrow tables of `size` pickled rows each (pickle: the rows' own Python values, exactly, as
-    Ray itself sends objects; an Arrow schema inferred per block could differ between blocks).
-    Ids are checked here, with the local engine's message, before any cluster work."""
-    import pyarrow as pa
-
-    block: list[bytes] = []
-    for n, row in enumerate(rows):
-        item_id = row.get(id_field)
-        if not isinstance(item_id, str) or not item_id:
-            raise DataError(f"catalog row {n}: {id_field} must be a non-empty string, got {item_id!r}")
-        block.append(pickle.dumps(dict(row), protocol=pickle.HIGHEST_PROTOCOL))
-        if len(block) >= size:
-            yield pa.table({ROW: pa.array(block, type=pa.binary())})
-            block = []
-    if block:
-        yield pa.table({ROW: pa.array(block, type=pa.binary())})
 
 
 def _prepare(ray: Any, options: RayOptions, what: str) -> tuple[Any, int]:

@@ -1,28 +1,29 @@
-"""The Ray engine: a Parquet catalog read by Ray Data and encoded on a Ray cluster.
+"""The Ray engine: a catalog encoded on a Ray cluster with Ray Data.
 
-    ray.data.read_parquet(files)                      read tasks, anywhere in the cluster
-      .map_batches(ItemTowerActor, concurrency=n)     one ONNX Runtime session per actor
-    -> shards of (ids, vectors, filterable values) streamed back to the build, in catalog order
+    a Parquet catalog:  ray.data.read_parquet(files)        read tasks on any node, 0.25 CPU each
+    any other catalog:  rows read here -> the object store   the feature store, CSV, JSON lines
+      .map_batches(ItemTowerActor, ActorPoolStrategy(size=n))  an ONNX Runtime session per actor
+    -> shards of (ids, vectors, filterable values, node) streamed back to the build, in catalog order
 
-The actors convert each row exactly as the local reader does (models.data.convert_catalog_rows)
-and run the same item tower, so both engines give the same vectors (the ONNX graph is the same
-per row; tests check them within 1e-6) and the same ids in the same order (`preserve_order`).
-The tower's bytes travel with the actor's constructor: a worker node needs the package
-installed, not the model store. Ray sets OMP_NUM_THREADS=1 in its workers; ONNX Runtime's threads
-are set explicitly on each session instead (`actor_threads`).
+The actors (index_store.ray_actor) convert each Parquet row exactly as the local reader does
+(models.data.convert_catalog_rows) and run the same item tower on it; rows the driver streams were
+read by the local engine's own reader and go through the tower as they are. So both engines give
+the same vectors (the ONNX graph is the same per row; tests check them within 1e-6) and the same
+ids in the same order (`preserve_order`). The tower's bytes travel with the actor's constructor: a
+worker node needs the package installed, not the model store. Ray sets OMP_NUM_THREADS=1 in its
+workers; ONNX Runtime's threads are set explicitly on each session instead (`actor_threads`).
 
-Ray is an extra (`pip install 'twotower[ray]'`): only this module imports it, and nothing on the
-serving path imports this module.
+Ray is an extra (`pip install 'twotower[ray]'`): only this module (and the actor, on the workers)
+imports it, and nothing on the serving path imports either.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import shutil
 import socket
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -34,9 +35,10 @@ import numpy as np
 
 from index_store.attributes import AttributeCollector
 from index_store.encode import EncodedCatalog
-from models.data import check_catalog_columns, columns_of, convert_catalog_rows
+from index_store.ray_actor import ItemTowerActor, row_blocks
+from models.data import check_catalog_columns, columns_of
 from models.errors import BuildRefused, DataError, TwoTowerError
-from models.manifest import ITEM_TOWER, ModelManifest
+from models.manifest import ITEM_TOWER
 from models.runtime import TowerRunner
 
 log = logging.getLogger(__name__)
@@ -48,51 +50,22 @@ class RayOptions:
 
     address None starts a one-node Ray inside the build process (and stops it after); otherwise
     `ray.init(address=...)` joins a running cluster ("auto", "127.0.0.1:6379", "ray://host:10001").
+
+    CPUs: an actor reserves 0.75 CPU and a read task 0.25, so a node of one CPU holds exactly one
+    actor with one read task beside it. The pool is fixed at one actor per CPU of every node
+    (`pool_size`): two actors never fit on a 1-CPU node, so every node gets its actor, and the
+    reads always find room. (Actors of 0.5 let two share one node while another idles, and a pool
+    that grows from one actor may finish a catalog before it grows; actors of a whole CPU leave the
+    reads none and the pool waits for ever: all three seen on the two-node test cluster.)
     """
 
     address: str | None = None
-    actors: int | None = None  # actor pool size; None: one per CPU of the cluster
-    actor_cpus: float = 0.5  # CPUs each actor reserves; the rest is left to the read tasks
-    read_cpus: float = 0.5  # CPUs each read task reserves (a pool that takes every CPU deadlocks)
+    actors: int | None = None  # actor pool size; None: one per CPU on every node (pool_size)
+    actor_cpus: float = 0.75  # CPUs each actor reserves
+    read_cpus: float = 0.25  # CPUs each Parquet read task reserves
     actor_threads: int = 1  # ONNX Runtime intra-op threads per actor
     connect_timeout_s: float = 30.0
-
-
-class ItemTowerActor:
-    """One ONNX Runtime session of the item tower; called on pyarrow batches of the catalog."""
-
-    def __init__(self, manifest: ModelManifest, tower: bytes, threads: int, filterable: list[str]) -> None:
-        where = tempfile.mkdtemp(prefix="twotower-tower-")
-        try:  # the runner verifies the bytes against the manifest's sha256 and loads them
-            Path(where, ITEM_TOWER).write_bytes(tower)
-            self.runner = TowerRunner(Path(where), manifest, "item", intra_threads=threads).load()
-        finally:
-            shutil.rmtree(where, ignore_errors=True)
-        self.schema = manifest.features
-        self.id_field = manifest.features.item.id_field
-        self.filterable = filterable
-        import ray
-
-        self.node = ray.get_runtime_context().get_node_id()[:8]
-
-    def __call__(self, batch: Any) -> dict[str, np.ndarray]:
-        paths = batch.column("path").to_pylist() if "path" in batch.column_names else ["catalog"]
-        rows = list(convert_catalog_rows(batch.drop_columns(["path"]).to_pylist(), self.schema, paths[0]))
-        vectors = self.runner.embed(rows)
-        bad = ~np.isfinite(vectors).all(axis=1)
-        if bad.any():
-            item = rows[int(np.flatnonzero(bad)[0])][self.id_field]
-            raise DataError(f"item {item!r}: the item tower returned NaN or infinity")
-        out = {
-            "id": np.array([r[self.id_field] for r in rows], dtype=str),
-            "vector": vectors,
-            "node": np.full(len(rows), self.node),
-        }
-        if self.filterable:
-            out["attrs"] = np.array(
-                [json.dumps({k: r.get(k) for k in self.filterable}) for r in rows], dtype=str
-            )
-        return out
+    pool_timeout_s: float = 300.0  # for every actor of the pool to start (then a clear error)
 
 
 def parquet_files(source: Path) -> list[Path]:
@@ -147,6 +120,22 @@ def _probe(address: str, timeout_s: float) -> None:
         raise TwoTowerError(f"ray engine: cannot connect to the Ray cluster at {address}: {exc}") from exc
 
 
+def pool_size(node_cpus: Iterable[float], options: RayOptions) -> int:
+    """Actors for a cluster whose live nodes have these CPUs: one per CPU of each node, as many as
+    fit beside one read task (a 1-CPU node: 1; 2 CPUs: 2; 16: 16; half a CPU: none)."""
+    if options.actors:
+        return options.actors
+    cpus = list(node_cpus)
+    fit = [min(math.floor(c), math.floor((c - options.read_cpus) / options.actor_cpus + 1e-9)) for c in cpus]
+    actors = sum(max(0, k) for k in fit)
+    if actors < 1:
+        raise BuildRefused(
+            f"ray engine: no node has room for an actor ({options.actor_cpus} CPU) beside a read "
+            f"task ({options.read_cpus} CPU); nodes' CPUs: {sorted(cpus)}"
+        )
+    return actors
+
+
 def encode_with_ray(
     runner: TowerRunner,
     source: Path,
@@ -169,26 +158,9 @@ def encode_with_ray(
     columns = [c for c in columns_of(schema.item) if c in names]
     collector = AttributeCollector(schema.item)
     filterable = sorted({f.source for f in collector.specs})
-    tower = (runner.model_dir / ITEM_TOWER).read_bytes()
     ray = connect(options)
-    started = time.monotonic()
     try:
-        from ray.data import DataContext
-
-        DataContext.get_current().execution_options.preserve_order = True
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        actors = options.actors or max(1, int(cpus))
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        log.info(
-            "ray engine: %d items in %d Parquet file(s) on %d node(s), %g CPUs, %d actors",
-            total,
-            len(files),
-            nodes,
-            cpus,
-            actors,
-        )
-        context = DataContext.get_current()
-        context.enable_progress_bars = False
+        context, actors = _prepare(ray, options, f"{total} items in {len(files)} Parquet file(s)")
         # A block goes to one actor, and a read task cuts its output into blocks of at most this
         # size: a few blocks per actor give every actor work, one file or many (a repartition op
         # would need a whole CPU of its own).
@@ -200,44 +172,9 @@ def encode_with_ray(
             columns=columns,
             include_paths=True,
             num_cpus=options.read_cpus,
-        ).map_batches(
-            ItemTowerActor,
-            fn_constructor_kwargs={
-                "manifest": manifest,
-                "tower": tower,
-                "threads": options.actor_threads,
-                "filterable": filterable,
-            },
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            # Start with one actor and grow: the file listing and the reads need a CPU of their
-            # own first (a full pool on a 2-CPU cluster leaves them none, and waits forever).
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-            num_cpus=options.actor_cpus,
         )
-        ids: list[str] = []
-        vectors = np.empty((total, manifest.dim), dtype=np.float32)
-        per_node: Counter[str] = Counter()
-        dropped = set(drop)
-        attr_rows: list[Mapping[str, Any]] = []
-        done = 0
-        for shard in ds.iter_batches(batch_format="numpy", batch_size=None):
-            shard_ids = shard["id"].tolist()
-            keep = np.array([i not in dropped for i in shard_ids], dtype=bool) if dropped else None
-            vec = np.asarray(shard["vector"], dtype=np.float32)
-            attrs = shard["attrs"].tolist() if "attrs" in shard else None
-            if keep is not None:
-                shard_ids = [i for i, k in zip(shard_ids, keep, strict=True) if k]
-                vec = vec[keep]
-                attrs = [a for a, k in zip(attrs, keep, strict=True) if k] if attrs is not None else None
-            vectors[len(ids) : len(ids) + len(shard_ids)] = vec
-            ids.extend(shard_ids)
-            if attrs is not None:
-                attr_rows.extend(json.loads(a) for a in attrs)
-            per_node.update(Counter(shard["node"].tolist()))
-            done += len(shard["id"])
-            if progress is not None:
-                progress(done)
+        ds = _encoded(ray, ds, runner, options, actors, batch_size, filterable)
+        shards = _collect(ds, total, manifest.dim, progress, set(drop))
     except TwoTowerError:
         raise
     except Exception as exc:  # a UDF's own error comes back wrapped in Ray's exception types
@@ -245,29 +182,177 @@ def encode_with_ray(
     finally:
         if not options.address:
             ray.shutdown()
-    log.debug("ray engine: %s", ds.stats())
-    if done != total:
-        raise BuildRefused(f"ray engine: {done} of {total} catalog rows came back")
-    elapsed = time.monotonic() - started
-    log.info(
-        "ray engine: encoded %d items in %.1fs (%.0f items/s); rows per node %s",
-        done,
-        elapsed,
-        done / max(elapsed, 1e-9),
-        dict(per_node),
-    )
-    vectors = vectors[: len(ids)]
+    if shards.done != total:
+        raise BuildRefused(f"ray engine: {shards.done} of {total} catalog rows came back")
+    ids, vectors = shards.ids, shards.vectors
     extra = list(append)
     if extra:
         vectors = np.concatenate([vectors, runner.embed(extra)])
         ids.extend(str(r[schema.item.id_field]) for r in extra)
     if filterable:
-        rows: Iterable[Mapping[str, Any]] = [*attr_rows, *extra]
+        rows: Iterable[Mapping[str, Any]] = [*shards.attrs, *extra]
     else:
         rows = ({} for _ in range(len(ids)))
     for _ in collector.watch(rows):
         pass
     return EncodedCatalog(ids, np.ascontiguousarray(vectors), collector.finish(), "ray")
+
+
+def encode_rows_with_ray(
+    runner: TowerRunner,
+    rows: Iterable[Mapping[str, Any]],
+    options: RayOptions,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    source: str = "the catalog",
+) -> EncodedCatalog:
+    """Encode catalog rows read here (the feature store, CSV or JSON lines, the change log already
+    folded in) on Ray: the rows go to the object store in blocks, the actors encode them.
+
+    Why the driver reads and the cluster only encodes: the rows are what the local engine encodes,
+    read by the same reader, in the same order, with the change log folded in once; worker nodes
+    need no route to Redis nor a copy of the data files; and reading is the cheap half (a Redis
+    HSCAN or a file stream is far faster than the tower). Read tasks scanning Redis in ranges would
+    need all three: a hash has no ranges to split (HSCAN cursors are opaque), so the order would
+    differ from the local engine's. The object store holds the rows until they are encoded (Ray
+    spills it to disk past its memory), the driver one block of them at a time.
+    """
+    manifest = runner.manifest
+    id_field = manifest.features.item.id_field
+    collector = AttributeCollector(manifest.features.item)
+    ray = connect(options)
+    try:
+        refs, total = [], 0
+        # A block is one map_batches call on one actor: 4 batches a block keeps the object store's
+        # per-block cost (a metadata task each) small and still gives a pool blocks to share.
+        for block in row_blocks(collector.watch(rows), 4 * batch_size, id_field):
+            refs.append(ray.put(block))
+            total += block.num_rows
+        if total == 0:
+            return EncodedCatalog([], np.zeros((0, manifest.dim), np.float32), collector.finish(), "ray")
+        _, actors = _prepare(ray, options, f"{total} items from {source}, streamed in {len(refs)} blocks")
+        ds = _encoded(ray, ray.data.from_arrow_refs(refs), runner, options, actors, batch_size, [])
+        del refs  # the dataset holds them; its blocks are freed as they are encoded
+        shards = _collect(ds, total, manifest.dim, progress, set())
+    except TwoTowerError:
+        raise
+    except Exception as exc:
+        raise _unwrap(exc) from exc
+    finally:
+        if not options.address:
+            ray.shutdown()
+    if shards.done != total:
+        raise BuildRefused(f"ray engine: {shards.done} of {total} catalog rows came back")
+    return EncodedCatalog(shards.ids, shards.vectors, collector.finish(), "ray")
+
+
+def _prepare(ray: Any, options: RayOptions, what: str) -> tuple[Any, int]:
+    """Ray Data's context for one encoding, and the actor pool's size (logged with the cluster)."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    # Ray Data's newer Parquet reader lists the files in a task of its own that asks for a whole
+    # CPU (and cannot be told otherwise): with every node's actor placed it never runs. The older
+    # reader lists and plans in the driver, and its read tasks take `read_cpus`.
+    if hasattr(context, "use_datasource_v2"):
+        context.use_datasource_v2 = False
+    # The whole pool up before the first block is handed out, so that the first blocks go to every
+    # node's actor (not all queued on the first one ready); a pool that cannot be placed is an
+    # error after this long, not a wait without end.
+    context.wait_for_min_actors_s = int(options.pool_timeout_s)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
+    actors = pool_size(cpus, options)
+    log.info(
+        "ray engine: %s on %d node(s) (%g CPUs); %d actors of %g CPU, read tasks of %g CPU",
+        what,
+        len(nodes),
+        sum(cpus),
+        actors,
+        options.actor_cpus,
+        options.read_cpus,
+    )
+    return context, actors
+
+
+def _encoded(
+    ray: Any,
+    ds: Any,
+    runner: TowerRunner,
+    options: RayOptions,
+    actors: int,
+    batch_size: int,
+    filterable: list[str],
+) -> Any:
+    return ds.map_batches(
+        ItemTowerActor,
+        fn_constructor_kwargs={
+            "manifest": runner.manifest,
+            "tower": (runner.model_dir / ITEM_TOWER).read_bytes(),
+            "threads": options.actor_threads,
+            "filterable": filterable,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        # A fixed pool: all actors start at once and are placed by their CPUs (see RayOptions),
+        # rather than a pool that grows only when its queue backs up.
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=options.actor_cpus,
+    )
+
+
+@dataclass
+class _Shards:
+    ids: list[str]
+    vectors: np.ndarray
+    attrs: list[Mapping[str, Any]]
+    done: int  # rows that came back, dropped ones included
+
+
+def _collect(
+    ds: Any, total: int, dim: int, progress: Callable[[int], None] | None, dropped: set[str]
+) -> _Shards:
+    """Run the dataset and assemble its shards in order, leaving out the `dropped` ids; logs the
+    rows each node's actors encoded (the split over the cluster)."""
+    started = time.monotonic()
+    ids: list[str] = []
+    vectors = np.empty((total, dim), dtype=np.float32)
+    per_node: Counter[str] = Counter()
+    attr_rows: list[Mapping[str, Any]] = []
+    done = 0
+    for shard in ds.iter_batches(batch_format="numpy", batch_size=None):
+        shard_ids = shard["id"].tolist()
+        keep = np.array([i not in dropped for i in shard_ids], dtype=bool) if dropped else None
+        vec = np.asarray(shard["vector"], dtype=np.float32)
+        attrs = shard["attrs"].tolist() if "attrs" in shard else None
+        if keep is not None:
+            shard_ids = [i for i, k in zip(shard_ids, keep, strict=True) if k]
+            vec = vec[keep]
+            attrs = [a for a, k in zip(attrs, keep, strict=True) if k] if attrs is not None else None
+        if len(ids) + len(shard_ids) > total:
+            raise BuildRefused(f"ray engine: more rows came back than the catalog's {total}")
+        vectors[len(ids) : len(ids) + len(shard_ids)] = vec
+        ids.extend(shard_ids)
+        if attrs is not None:
+            attr_rows.extend(json.loads(a) for a in attrs)
+        per_node.update(Counter(shard["node"].tolist()))
+        done += len(shard["id"])
+        if progress is not None:
+            progress(done)
+    log.debug("ray engine: %s", ds.stats())
+    elapsed = time.monotonic() - started
+    log.info(
+        "ray engine: encoded %d items in %.1fs (%.0f items/s) on %d node(s): %s; rows per node %s",
+        done,
+        elapsed,
+        done / max(elapsed, 1e-9),
+        len(per_node),
+        " / ".join(f"{100 * n / max(done, 1):.0f}%" for _, n in sorted(per_node.items())),
+        json.dumps(dict(sorted(per_node.items()))),
+    )
+    return _Shards(ids, vectors[: len(ids)], attr_rows, done)
 
 
 def _parquet_meta(files: list[Path], schema: Any) -> tuple[int, int, set[str]]:

@@ -10,16 +10,28 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.conftest import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # A killed node is marked dead after ~10 s of missed health checks instead of Ray's ~15-25 s
+    # (3 s x 5, plus a timeout): the node-lost test waits for it. Not shorter: on this busy box a
+    # live raylet can be slow to answer for a few seconds, and a false death fails every test.
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "10",
+}
 
 
 class LocalCluster:
@@ -73,6 +85,13 @@ class LocalCluster:
             return 0
         return len(list((sessions[-1] / "sockets").glob("raylet*")))
 
+    def add_node(self) -> int:
+        """One more node joined to the running cluster; returns its index (for kill_node)."""
+        name = f"node{len(self.nodes) - 1}"
+        self.nodes.append(self._spawn([RAY, "start", "--block", f"--address={self.address}"], name))
+        self._wait_nodes(len(self.nodes))
+        return len(self.nodes) - 1
+
     def kill_node(self, index: int) -> None:
         """SIGKILL one node's whole process tree (a node lost)."""
         _kill_tree(self.nodes[index].pid)
@@ -84,6 +103,20 @@ class LocalCluster:
             p.wait(timeout=30)
         for log in self.logs:
             log.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[LocalCluster]:
+    """A head and one more node, 1 CPU each, shared by a test module's cluster tests (starting one
+    takes 5-15 s of a busy 2-core box). A test that kills a node adds its own (`add_node`)."""
+    pytest.importorskip("ray")
+    # Ray's unix socket paths must stay under ~100 bytes: a short directory of our own.
+    with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
+        cluster = LocalCluster(Path(tmp), workers=1, cpus=1).start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 def _tree(pid: int) -> list[psutil.Process]:

@@ -161,7 +161,7 @@ def reindex(
             rows, last_change = changed_catalog(settings, schema)
             encoder = None
             if (engine or settings.index.engine) == RAY:
-                encoder = ray_encoder(settings, schema, ray_address or settings.index.ray_address)
+                encoder = ray_encoder(settings, schema, ray_address or settings.index.ray_address, rows)
             published = store.build(
                 Path(settings.model_store),
                 version,

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ import pytest
 from bench.catalog import synthetic_items
 from models.manifest import ModelManifest
 from tests.conftest import free_port
+from tests.data import write_dataset
+from tests.raycluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -35,7 +36,14 @@ def write_catalog(data: Path, manifest: ModelManifest, n: int, without: str | No
 
 
 def reindex(
-    model_store: Path, data: Path, store: Path, *args: str, timeout: float = 240, prelude: str = ""
+    model_store: Path,
+    data: Path,
+    store: Path,
+    *args: str,
+    timeout: float = 240,
+    prelude: str = "",
+    command: str = "reindex",
+    settings: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
     env.update(
@@ -47,9 +55,10 @@ def reindex(
         TWOTOWER_INDEX__ANN_FACTORY="IVF{nlist},Flat",
         RAY_AUTH_MODE="disabled",
         PYTHONPATH=str(ROOT),
+        **(settings or {}),
     )
     code = f"{prelude}import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-c", code, "reindex", *args]
+    cmd = [sys.executable, "-c", code, command, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -116,52 +125,81 @@ def test_unreachable_ray_address(tmp_path: Path, model_store: Path, built: tuple
     assert leftovers(store) == []
 
 
-@pytest.fixture
-def cluster() -> Iterator[object]:
-    pytest.importorskip("ray")
-    from tests.raycluster import LocalCluster
-
-    # Ray's unix socket paths must stay under ~100 bytes: a short directory of our own.
-    with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
-        c = LocalCluster(Path(tmp), workers=1, cpus=1).start()
-        try:
-            yield c
-        finally:
-            c.stop()
+def rows_per_node(stderr: str) -> dict[str, int]:
+    """The split the engine logs: `... rows per node {"<ip>/<node id>": rows, ...}`."""
+    (line,) = [s for s in stderr.splitlines() if "rows per node" in s]
+    found = re.search(r"rows per node (\{.*\})", line)
+    assert found, line
+    split: dict[str, int] = json.loads(found.group(1))
+    return split
 
 
-@pytest.mark.slow
-def test_two_node_cluster_builds_what_the_local_engine_builds(
-    tmp_path: Path, model_store: Path, manifest: ModelManifest, cluster: object
-) -> None:
-    from tests.raycluster import LocalCluster
-
-    assert isinstance(cluster, LocalCluster)
-    data = write_catalog(tmp_path / "data", manifest, 200_000)
-    local, ray = tmp_path / "local", tmp_path / "ray"
-    done = reindex(model_store, data, local)
-    assert done.returncode == 0, done.stderr
-    done = reindex(model_store, data, ray, "--engine", "ray", "--ray-address", cluster.address)
-    assert done.returncode == 0, done.stderr
-
-    (_, a), (_, b) = current(local), current(ray)
+def same_build(a: Path, b: Path, n: int, dim: int) -> None:
+    """Two builds of one catalog: the same ids in the same order, vectors within 1e-6."""
     assert np.array_equal(np.load(a / "ids.npy"), np.load(b / "ids.npy"))
     va, vb = np.load(a / "vectors.npy"), np.load(b / "vectors.npy")
-    assert va.shape == vb.shape == (200_000, manifest.dim)
+    assert va.shape == vb.shape == (n, dim)
     assert float(np.abs(va - vb).max()) <= 1e-6
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
     assert (ma["encode_engine"], mb["encode_engine"]) == ("local", "ray")
     assert ma["index"] == mb["index"]
     assert ma["recall"]["value"] == mb["recall"]["value"] >= 0.95
-    # The engine logs the rows each node's actors encoded. Whether both nodes get work depends on
-    # Ray Data's actor-pool autoscaling: under load (a slow first actor) the pool grows onto the
-    # second node (130,904 / 69,096 seen); on a quiet machine one actor on one node can finish all
-    # 200k rows before the pool grows (seen in a fresh-clone CI run). A pool of 2 from the start
-    # waits forever for a CPU for the reads on this 2 x 1-CPU cluster. So: every row accounted for,
-    # on nodes of this cluster.
-    (line,) = [s for s in done.stderr.splitlines() if "rows per node" in s]
-    per_node = json.loads(line.split("rows per node ")[1].replace("'", '"'))
-    assert 1 <= len(per_node) <= 2 and sum(per_node.values()) == 200_000, line
+
+
+@pytest.mark.slow
+def test_two_node_cluster_builds_what_the_local_engine_builds(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, ray_cluster: LocalCluster
+) -> None:
+    data = write_catalog(tmp_path / "data", manifest, 200_000)
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    done = reindex(model_store, data, local)
+    assert done.returncode == 0, done.stderr
+    done = reindex(model_store, data, ray, "--engine", "ray", "--ray-address", ray_cluster.address)
+    assert done.returncode == 0, done.stderr
+    same_build(current(local)[1], current(ray)[1], 200_000, manifest.dim)
+    # One actor on each node (a fixed pool, 0.75 CPU an actor: two never fit on a 1-CPU node), and
+    # the pool all up before the first block: both nodes encode a share, the log says how much.
+    split = rows_per_node(done.stderr)
+    print(*[s for s in done.stderr.splitlines() if "ray engine:" in s], sep="\n")  # -s shows them
+    assert len(split) == 2 and min(split.values()) > 0 and sum(split.values()) == 200_000, split
+    assert leftovers(ray) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["redis", "jsonl"])
+def test_a_catalog_ray_cannot_read_is_streamed_to_the_cluster(
+    source: str,
+    tmp_path: Path,
+    model_store: Path,
+    manifest: ModelManifest,
+    ray_cluster: LocalCluster,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The feature store (Redis) or a JSON-lines items table: read by the build process with the
+    local engine's reader, encoded by both nodes' actors, the same build as the local engine's."""
+    data = tmp_path / "data"
+    write_dataset(data, manifest, 200, 20_000)
+    # 5 blocks of 4,000 rows (4 batches a block): more than the 2 x 2 the actors take at first.
+    settings = {"TWOTOWER_INDEX__BATCH_SIZE": "1000"}
+    if source == "redis":
+        settings["TWOTOWER_REDIS_URL"] = request.getfixturevalue("redis_url")
+        done = reindex(
+            model_store, data, tmp_path / "unused", "--data", str(data), command="load", settings=settings
+        )
+        assert done.returncode == 0, done.stderr
+        (data / "items.jsonl").unlink()  # the catalog is Redis's now, and only there
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    done = reindex(model_store, data, local, settings=settings)
+    assert done.returncode == 0, done.stderr
+    args = ("--engine", "ray", "--ray-address", ray_cluster.address)
+    done = reindex(model_store, data, ray, *args, settings=settings)
+    assert done.returncode == 0, done.stderr
+    where = "the feature store (Redis)" if source == "redis" else f"{data} (read here)"
+    assert f"20000 items from {where}, streamed in 5 blocks" in done.stderr, done.stderr[-3000:]
+    same_build(current(local)[1], current(ray)[1], 20_000, manifest.dim)
+    split = rows_per_node(done.stderr)
+    print(*[s for s in done.stderr.splitlines() if "ray engine:" in s], sep="\n")
+    assert len(split) == 2 and min(split.values()) > 0 and sum(split.values()) == 20_000, split
     assert leftovers(ray) == []
 
 
@@ -173,16 +211,24 @@ def test_the_serving_path_does_not_import_ray() -> None:
 
 @pytest.mark.slow
 def test_node_lost_during_encoding(
-    tmp_path: Path, model_store: Path, manifest: ModelManifest, cluster: object, built: tuple[Path, Path, str]
+    tmp_path: Path,
+    model_store: Path,
+    manifest: ModelManifest,
+    ray_cluster: LocalCluster,
+    built: tuple[Path, Path, str],
 ) -> None:
     """A worker node killed (SIGKILL, its raylet and actors) while the catalog is being encoded:
     Ray moves the work to the node left, and the build is whole; or the build fails with a
-    message. Either way no half-written build and no temporary directory."""
-    from tests.raycluster import LocalCluster
+    message. Either way no half-written build and no temporary directory.
 
-    assert isinstance(cluster, LocalCluster)
+    The node killed is one added to the shared cluster for this test (the module's last cluster
+    test: the dead node stays listed by the GCS for a while after)."""
+    lost = ray_cluster.add_node()
     _, store, before = built
-    data = write_catalog(tmp_path / "big", manifest, 200_000)
+    # 50k rows: the kill comes with the first block back, a twelfth of the work (blocks sized for
+    # 4 per actor); a bigger catalog only makes the index build after it longer.
+    n = 50_000
+    data = write_catalog(tmp_path / "big", manifest, n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOTOWER_")}
     env.update(
         TWOTOWER_MODEL_STORE=str(model_store),
@@ -192,14 +238,23 @@ def test_node_lost_during_encoding(
         TWOTOWER_INDEX__ANN_FACTORY="IVF{nlist},Flat",
         RAY_AUTH_MODE="disabled",
     )
-    cmd = [sys.executable, "-m", "app.cli", "reindex", "--engine", "ray", "--ray-address", cluster.address]
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "reindex",
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_cluster.address,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     lines = []
     for line in proc.stderr:
         lines.append(line)
         if "items encoded" in line:  # the first shard is back: encoding is under way
-            cluster.kill_node(1)
+            ray_cluster.kill_node(lost)
             break
     lines.extend(proc.stderr)
     proc.stderr.close()
@@ -211,11 +266,11 @@ def test_node_lost_during_encoding(
         build, bdir = current(store)
         assert build != before
         ids = np.load(bdir / "ids.npy")
-        assert ids.tolist() == [r["item_id"] for r in synthetic_items(manifest, 200_000)]
+        assert ids.tolist() == [r["item_id"] for r in synthetic_items(manifest, n)]
         from models.runtime import TowerRunner
 
         runner = TowerRunner(model_store / manifest.version, manifest, "item").load()
-        sample = list(synthetic_items(manifest, 200_000))[-2000:]  # rows of the last shards
+        sample = list(synthetic_items(manifest, n))[-2000:]  # rows of the last shards
         np.testing.assert_allclose(np.load(bdir / "vectors.npy")[-2000:], runner.embed(sample), atol=1e-6)
     else:
         assert code == 2, log[-3000:]

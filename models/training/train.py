@@ -45,14 +45,11 @@ class TrainConfig:
     dropout: float = 0.1
     senet: bool = True
     logq: bool = True
-    mns: bool = False  # mixed negative sampling from a cache of uniformly sampled item vectors
-    mns_cache: int = 1024
-    mns_refresh: int = 256
-    # how the logits are corrected under MNS: "mixture" subtracts log(B*q(i) + C/N), the item's
-    # expected count in the whole candidate set, from every column; "separate" (the first
-    # implementation) subtracted log(B*q(i)) from in-batch columns and log(C/N) from cached ones
-    mns_correction: str = "mixture"
-    mns_detached: bool = True  # cached vectors carry no gradient (False: fresh uniform items each step)
+    # mixed negative sampling (Yang et al., 2020): each step, `mns_uniform` catalogue items drawn
+    # uniformly go through the item tower (with gradient: a cache of detached vectors collapsed
+    # training, docs/MODEL.md "Why MNS collapsed") and join the in-batch negatives
+    mns: bool = False
+    mns_uniform: int = 1024
     # hard negatives (Huang et al., 2020, "Embedding-based Retrieval in Facebook Search"): for each
     # user, the items the previous epoch's model ranks in [hard_lo, hard_hi) among those the user did
     # not pick; one per example joins the softmax with its own logQ correction
@@ -248,6 +245,16 @@ def category_alignment(v: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
+def uniform_negatives(
+    model: TwoTower, prep: Prepared, k: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNS's uniform part: `k` catalogue rows drawn uniformly (with replacement) and their vectors,
+    fresh from the item tower and with gradient. A cache of detached vectors (the first
+    implementation) let only the user tower learn from them, and training collapsed."""
+    idx = torch.from_numpy(rng.integers(0, len(prep.item_ids), size=k))
+    return model.item(**_take(prep.item_tensors, idx)), idx
+
+
 def softmax_logits(
     u: torch.Tensor,
     v: torch.Tensor,
@@ -256,7 +263,6 @@ def softmax_logits(
     item_prob: torch.Tensor | None,
     neg_vec: torch.Tensor | None = None,
     neg_idx: torch.Tensor | None = None,
-    mixture: bool = True,
 ) -> torch.Tensor:
     """[B, B + C] logits of the sampled softmax: the batch's positives (row r's positive in column
     r), then C uniformly sampled negatives (`neg_vec`, catalogue rows `neg_idx`), if any.
@@ -265,9 +271,9 @@ def softmax_logits(
     the logQ correction: minus the log of the item's expected count among the candidates. In-batch
     items are drawn by q, B per batch; uniform negatives C out of N. Under MNS the candidate set
     is one sample from the mixture, so an item's expected count is B*q(i) + C/N wherever it sits
-    (Yang et al., 2020: the correction uses the mixed distribution). `mixture=False` is the first
-    implementation, B*q(i) for in-batch columns and C/N for uniform ones (kept to measure it).
-    An item equal to a row's positive is masked out of that row's negatives."""
+    (Yang et al., 2020: the correction uses the mixed distribution); the first implementation
+    used B*q(i) for in-batch columns and C/N for uniform ones. An item equal to a row's positive is
+    masked out of that row's negatives."""
     B = len(tgt)
     n_items = 0 if item_prob is None else len(item_prob)
     logits = u @ v.T / temperature
@@ -278,14 +284,9 @@ def softmax_logits(
     if item_prob is not None:
         uniform = len(neg_idx) / n_items if extra is not None and neg_idx is not None else 0.0
         in_batch = B * item_prob.clamp(min=1e-12)
-        if mixture:
-            logits = logits - torch.log(in_batch[tgt] + uniform)[None, :]
-            if extra is not None and neg_idx is not None:
-                extra = extra - torch.log(in_batch[neg_idx] + uniform)[None, :]
-        else:
-            logits = logits - torch.log(in_batch[tgt])[None, :]
-            if extra is not None:
-                extra = extra - math.log(uniform)
+        logits = logits - torch.log(in_batch[tgt] + uniform)[None, :]
+        if extra is not None and neg_idx is not None:
+            extra = extra - torch.log(in_batch[neg_idx] + uniform)[None, :]
     logits = logits.masked_fill(dup, -1e9)
     if extra is None or neg_idx is None:
         return logits
@@ -330,8 +331,6 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
     rng = np.random.default_rng(config.seed)
     n = len(prep.target)
     target = torch.from_numpy(prep.target)
-    cache_vec = torch.empty(0, config.dim)
-    cache_idx = torch.empty(0, dtype=torch.long)
     hard: np.ndarray | None = None
     log_q_hard = torch.zeros(n_items)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
@@ -359,25 +358,11 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             tgt = target.index_select(0, idx)
             u, u_aug = model.user.encode(_take(prep.user_tensors, idx))
             v, v_aug = model.item.encode(_take(prep.item_tensors, tgt))
-            neg_vec, neg_idx = None, None
-            if config.mns and not config.mns_detached:
-                # MNS as in the paper: fresh uniform items through the item tower, with gradient
-                neg_idx = torch.from_numpy(rng.integers(0, n_items, size=config.mns_cache))
-                neg_vec = model.item(**_take(prep.item_tensors, neg_idx))
-            elif config.mns and len(cache_idx):
-                neg_vec, neg_idx = cache_vec, cache_idx
-            parts = [
-                softmax_logits(
-                    u,
-                    v,
-                    tgt,
-                    config.temperature,
-                    item_prob if config.logq else None,
-                    neg_vec,
-                    neg_idx,
-                    mixture=config.mns_correction == "mixture",
-                )
-            ]
+            neg_vec, neg_idx = (
+                uniform_negatives(model, prep, config.mns_uniform, rng) if config.mns else (None, None)
+            )
+            prob = item_prob if config.logq else None
+            parts = [softmax_logits(u, v, tgt, config.temperature, prob, neg_vec, neg_idx)]
             if hard is not None:
                 users = prep.example_user[idx.numpy()]
                 pick = torch.from_numpy(hard[users, rng.integers(0, hard.shape[1], size=len(users))])
@@ -399,15 +384,6 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             opt.step()
             total += loss.detach().item()
             steps += 1
-            if config.mns and config.mns_detached:
-                # refresh a slice of the cache with fresh vectors of uniformly sampled items
-                with torch.no_grad():
-                    fresh_idx = torch.from_numpy(rng.integers(0, n_items, size=config.mns_refresh))
-                    model.item.eval()
-                    fresh = model.item(**_take(prep.item_tensors, fresh_idx))
-                    model.item.train()
-                cache_vec = torch.cat([fresh, cache_vec])[: config.mns_cache]
-                cache_idx = torch.cat([fresh_idx, cache_idx])[: config.mns_cache]
         val = run_eval(model, prep, "valid", baseline=False)["two_tower"]
         r50 = val["recall@50"]
         elapsed = time.monotonic() - t_start

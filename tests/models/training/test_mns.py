@@ -5,13 +5,21 @@ negatives (Yang et al., 2020)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.train
 torch = pytest.importorskip("torch")
 
-from models.training.train import TrainConfig, softmax_logits  # noqa: E402
+from models.data import load_dataset  # noqa: E402
+from models.schema import load_schema  # noqa: E402
+from models.training.towers import TwoTower  # noqa: E402
+from models.training.train import _take, prepare, softmax_logits, uniform_negatives  # noqa: E402
+from tests.models.conftest import MOVIELENS  # noqa: E402
+
+SCHEMA = load_schema(MOVIELENS)
 
 
 def _case() -> tuple[torch.Tensor, ...]:
@@ -54,5 +62,23 @@ def test_without_uniform_negatives_it_is_the_in_batch_logq_correction() -> None:
     assert torch.allclose(plain[:, 3:], u @ items[:2].T / 0.07, atol=1e-5)  # logQ off: no correction
 
 
-def test_the_mixture_correction_is_the_default() -> None:
-    assert TrainConfig().mns_correction == "mixture"
+def test_uniform_negatives_train_the_item_tower(tiny_data: Path) -> None:
+    """The uniform negatives push the item tower too: an item drawn only as a uniform negative gets
+    a gradient on its id embedding. (The first implementation kept detached vectors in a cache, so
+    only the user tower learned from them, and MNS collapsed: docs/MODEL.md.)"""
+    prep = prepare(load_dataset(tiny_data, SCHEMA), SCHEMA)
+    model = TwoTower(prep.schema, dim=8, field_dim=4, hidden=(8,))
+    tgt = torch.from_numpy(prep.target[:16])
+    u = model.user(**_take(prep.user_tensors, torch.arange(16)))
+    v = model.item(**_take(prep.item_tensors, tgt))
+    neg_vec, neg_idx = uniform_negatives(model, prep, 32, np.random.default_rng(0))
+    prob = torch.from_numpy(prep.item_prob).float()
+    logits = softmax_logits(u, v, tgt, 0.1, prob, neg_vec, neg_idx)
+    torch.nn.functional.cross_entropy(logits, torch.arange(16)).backward()
+    only_uniform = sorted(set(neg_idx.tolist()) - set(tgt.tolist()))
+    assert only_uniform
+    grad = model.item.embeddings["item_id"].proj.weight.grad
+    assert grad is not None
+    # catalogue row r is item id vocabulary index of prep.item_ids[r]: read it from the encoded input
+    rows = prep.item_tensors["item_id"][torch.tensor(only_uniform)]
+    assert (grad[rows].abs().sum(dim=1) > 0).all()

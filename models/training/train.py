@@ -268,7 +268,8 @@ def softmax_logits(
     r), then C uniformly sampled negatives (`neg_vec`, catalogue rows `neg_idx`), if any.
 
     With `item_prob` (the click frequency q the batch's positives are drawn by) every column gets
-    the logQ correction: minus the log of the item's expected count among the candidates. In-batch
+    the logQ correction (Yi et al., 2019: without it popular items are over-penalised): minus the
+    log of the item's expected count among the candidates. In-batch
     items are drawn by q, B per batch; uniform negatives C out of N. Under MNS the candidate set
     is one sample from the mixture, so an item's expected count is B*q(i) + C/N wherever it sits
     (Yang et al., 2020: the correction uses the mixed distribution); the first implementation

@@ -63,8 +63,8 @@ ROWS: tuple[Row, ...] = (
     Row("temp-0.1", "temperature 0.1", {"temperature": 0.1}),
     Row("temp-0.2", "temperature 0.2", {"temperature": 0.2}),
     Row("senet-off", "no SENet field gating", {"senet": False}),
-    Row("mns-1024", "mixed negative sampling, cache 1024", {"mns": True, "mns_cache": 1024}),
-    Row("mns-4096", "mixed negative sampling, cache 4096", {"mns": True, "mns_cache": 4096}),
+    Row("mns-1024", "mixed negative sampling, 1024 uniform items a step", {"mns": True, "mns_uniform": 1024}),
+    Row("mns-4096", "mixed negative sampling, 4096 uniform items a step", {"mns": True, "mns_uniform": 4096}),
     Row("hard-neg", "hard negatives (EBR), ranks 20-200 by the previous epoch", {"hard_negatives": True}),
     Row("dat", "Dual Augmented Two-Tower: augmented vectors + mimic + category alignment", {"dat": True}),
     Row("hist-10", "history: last 10 items", history=10),
@@ -73,6 +73,10 @@ ROWS: tuple[Row, ...] = (
     Row(
         "attention", "attention pooling over the history (learned query + recency)", {"pooling": "attention"}
     ),
+    # from the default (attention pooling): history lengths with attention, one thing changed each
+    Row("att-hist-10", "attention, history: last 10 items", {"pooling": "attention"}, history=10),
+    Row("att-hist-20", "attention, history: last 20 items", {"pooling": "attention"}, history=20),
+    Row("att-hist-100", "attention, history: last 100 items", {"pooling": "attention"}, history=100),
 )
 ROW_BY_NAME = {r.name: r for r in ROWS}
 

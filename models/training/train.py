@@ -45,9 +45,11 @@ class TrainConfig:
     dropout: float = 0.1
     senet: bool = True
     logq: bool = True
-    mns: bool = False  # mixed negative sampling from a cache of uniformly sampled item vectors
-    mns_cache: int = 1024
-    mns_refresh: int = 256
+    # mixed negative sampling (Yang et al., 2020): each step, `mns_uniform` catalogue items drawn
+    # uniformly go through the item tower (with gradient: a cache of detached vectors collapsed
+    # training, docs/MODEL.md "Why MNS collapsed") and join the in-batch negatives
+    mns: bool = False
+    mns_uniform: int = 1024
     # hard negatives (Huang et al., 2020, "Embedding-based Retrieval in Facebook Search"): for each
     # user, the items the previous epoch's model ranks in [hard_lo, hard_hi) among those the user did
     # not pick; one per example joins the softmax with its own logQ correction
@@ -243,6 +245,55 @@ def category_alignment(v: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
+def uniform_negatives(
+    model: TwoTower, prep: Prepared, k: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNS's uniform part: `k` catalogue rows drawn uniformly (with replacement) and their vectors,
+    fresh from the item tower and with gradient. A cache of detached vectors (the first
+    implementation) let only the user tower learn from them, and training collapsed."""
+    idx = torch.from_numpy(rng.integers(0, len(prep.item_ids), size=k))
+    return model.item(**_take(prep.item_tensors, idx)), idx
+
+
+def softmax_logits(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    tgt: torch.Tensor,
+    temperature: float,
+    item_prob: torch.Tensor | None,
+    neg_vec: torch.Tensor | None = None,
+    neg_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[B, B + C] logits of the sampled softmax: the batch's positives (row r's positive in column
+    r), then C uniformly sampled negatives (`neg_vec`, catalogue rows `neg_idx`), if any.
+
+    With `item_prob` (the click frequency q the batch's positives are drawn by) every column gets
+    the logQ correction (Yi et al., 2019: without it popular items are over-penalised): minus the
+    log of the item's expected count among the candidates. In-batch
+    items are drawn by q, B per batch; uniform negatives C out of N. Under MNS the candidate set
+    is one sample from the mixture, so an item's expected count is B*q(i) + C/N wherever it sits
+    (Yang et al., 2020: the correction uses the mixed distribution); the first implementation
+    used B*q(i) for in-batch columns and C/N for uniform ones. An item equal to a row's positive is
+    masked out of that row's negatives."""
+    B = len(tgt)
+    n_items = 0 if item_prob is None else len(item_prob)
+    logits = u @ v.T / temperature
+    dup = (tgt[:, None] == tgt[None, :]) & ~torch.eye(B, dtype=torch.bool)
+    extra = None
+    if neg_vec is not None and neg_idx is not None and len(neg_idx):
+        extra = u @ neg_vec.T / temperature
+    if item_prob is not None:
+        uniform = len(neg_idx) / n_items if extra is not None and neg_idx is not None else 0.0
+        in_batch = B * item_prob.clamp(min=1e-12)
+        logits = logits - torch.log(in_batch[tgt] + uniform)[None, :]
+        if extra is not None and neg_idx is not None:
+            extra = extra - torch.log(in_batch[neg_idx] + uniform)[None, :]
+    logits = logits.masked_fill(dup, -1e9)
+    if extra is None or neg_idx is None:
+        return logits
+    return torch.cat([logits, extra.masked_fill(tgt[:, None] == neg_idx[None, :], -1e9)], dim=1)
+
+
 def mine_hard(model: TwoTower, prep: Prepared, lo: int, hi: int) -> np.ndarray:
     """[train users, hi - lo]: the catalogue rows ranked lo..hi-1 for each user by the current
     model, among the items the user did not interact with in training."""
@@ -275,14 +326,12 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
     # fused: one kernel over all parameters instead of several small ops per tensor; the unfused
     # step was 17% of an epoch's CPU in the profiler (its gain is not measurable on the busy box)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    log_q = torch.from_numpy(np.log(np.maximum(prep.item_prob, 1e-12))).float()
+    item_prob = torch.from_numpy(prep.item_prob).float()
     category = item_categories(prep, config.dat_category) if config.dat else None
     n_items = len(prep.item_ids)
     rng = np.random.default_rng(config.seed)
     n = len(prep.target)
     target = torch.from_numpy(prep.target)
-    cache_vec = torch.empty(0, config.dim)
-    cache_idx = torch.empty(0, dtype=torch.long)
     hard: np.ndarray | None = None
     log_q_hard = torch.zeros(n_items)
     best, best_state, best_epoch, bad = -1.0, None, 0, 0
@@ -310,22 +359,11 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             tgt = target.index_select(0, idx)
             u, u_aug = model.user.encode(_take(prep.user_tensors, idx))
             v, v_aug = model.item.encode(_take(prep.item_tensors, tgt))
-            logits = u @ v.T / config.temperature
-            if config.logq:
-                # in-batch negatives are drawn by click frequency: subtract the log of each item's
-                # expected count in the batch, B*q(i), so popular items are not over-penalised
-                # (Yi et al., 2019); log B is a constant here but keeps units equal to the MNS part
-                logits = logits - (log_q[tgt] + math.log(len(idx)))[None, :]
-            # the same item twice in a batch is not a negative for itself
-            dup = (tgt[:, None] == tgt[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
-            parts = [logits.masked_fill(dup, -1e9)]
-            if config.mns and len(cache_idx):
-                # cached vectors were sampled uniformly from the catalogue: their correction is
-                # the expected count C/N, the same for every item, unlike the in-batch B*q(i)
-                extra = u @ cache_vec.T / config.temperature
-                if config.logq:
-                    extra = extra - math.log(len(cache_idx) / n_items)
-                parts.append(extra.masked_fill(tgt[:, None] == cache_idx[None, :], -1e9))
+            neg_vec, neg_idx = (
+                uniform_negatives(model, prep, config.mns_uniform, rng) if config.mns else (None, None)
+            )
+            prob = item_prob if config.logq else None
+            parts = [softmax_logits(u, v, tgt, config.temperature, prob, neg_vec, neg_idx)]
             if hard is not None:
                 users = prep.example_user[idx.numpy()]
                 pick = torch.from_numpy(hard[users, rng.integers(0, hard.shape[1], size=len(users))])
@@ -347,15 +385,6 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             opt.step()
             total += loss.detach().item()
             steps += 1
-            if config.mns:
-                # refresh a slice of the cache with fresh vectors of uniformly sampled items
-                with torch.no_grad():
-                    fresh_idx = torch.from_numpy(rng.integers(0, n_items, size=config.mns_refresh))
-                    model.item.eval()
-                    fresh = model.item(**_take(prep.item_tensors, fresh_idx))
-                    model.item.train()
-                cache_vec = torch.cat([fresh, cache_vec])[: config.mns_cache]
-                cache_idx = torch.cat([fresh_idx, cache_idx])[: config.mns_cache]
         val = run_eval(model, prep, "valid", baseline=False)["two_tower"]
         r50 = val["recall@50"]
         elapsed = time.monotonic() - t_start

@@ -19,13 +19,13 @@ from tests.models.conftest import MOVIELENS  # noqa: E402
 def test_tiny_ablation_runs_resumes_and_renders(tiny_data: Path, tmp_path: Path) -> None:
     results, table = tmp_path / "runs.jsonl", tmp_path / "table.md"
     argv = [
-        "--schema", str(MOVIELENS), "--data", str(tiny_data), "--rows", "baseline,attention",
+        "--schema", str(MOVIELENS), "--data", str(tiny_data), "--rows", "baseline,attention,mns-1024",
         "--row", "short:temperature=0.2,history=3", "--seeds", "1", "--epochs", "2", "--tiny",
         "--threads", "1", "--results", str(results), "--table", str(table),
     ]  # fmt: skip
     assert ablation.main(argv) == 0
     runs = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["row"] for r in runs] == ["most-popular", "als", "baseline", "attention", "short"]
+    assert [r["row"] for r in runs] == ["most-popular", "als", "baseline", "attention", "mns-1024", "short"]
     for r in runs:
         for stage in ("valid", "test"):
             assert set(r[stage]) == {"recall@10", "recall@50", "recall@100", "ndcg@10"}
@@ -34,7 +34,7 @@ def test_tiny_ablation_runs_resumes_and_renders(tiny_data: Path, tmp_path: Path)
     assert short["config"]["temperature"] == 0.2 and short["epochs_run"] == 2
     text = table.read_text()
     assert text.startswith("`python -m models.training.ablation --schema")
-    for name in ("| baseline |", "| attention |", "| short |", "| most-popular |", "| als |"):
+    for name in ("| baseline |", "| attention |", "| mns-1024 |", "| short |", "| most-popular |", "| als |"):
         assert name in text
     # a second run finds every (row, seed) done: nothing is trained or appended
     assert ablation.main(argv) == 0

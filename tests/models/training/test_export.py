@@ -106,7 +106,7 @@ def test_existing_version_is_refused_before_training(tiny_version: tuple[Path, s
 
 
 def test_mns_and_no_senet_train(tiny_data: Path) -> None:
-    cfg = TrainConfig(**{**TINY.to_dict(), "hidden": (16,), "mns": True, "senet": False, "mns_cache": 32})
+    cfg = TrainConfig(**{**TINY.to_dict(), "hidden": (16,), "mns": True, "senet": False, "mns_uniform": 32})
     prep = prepare(load_dataset(tiny_data, SCHEMA), SCHEMA)
     model, info = train_model(prep, cfg)
     assert model.user.senet is None and info["epochs_run"] == 1

@@ -308,7 +308,7 @@ class IndexStore:
         else:
             collector = AttributeCollector(model.features.item)
             ids, vectors = encode_catalog(
-                runner, collector.watch(catalog), batch_size=config.batch_size, progress=progress
+                runner, catalog, batch_size=config.batch_size, progress=progress, collector=collector
             )
             encoded = EncodedCatalog(ids, vectors, collector.finish(), "local")
         ids, vectors, attributes = encoded.ids, encoded.vectors, encoded.attributes

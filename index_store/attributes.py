@@ -181,7 +181,8 @@ class _Field:
         # By value, then row, each (value, row) pair once (`add_values` keeps a row's repeated value):
         # one sort of a combined key, as lexsort gave when `add` alone filled the pairs.
         span = int(rows.max(initial=-1)) + 1
-        key = np.unique(codes * span + rows)
+        key = np.sort(codes * span + rows)  # a plain sort: np.unique hashes first (measured 3 s at 2M)
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])] if key.size else key
         codes, rows = (key // span, key % span) if span else (key, key)
         ptr = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(values)))]).astype(np.int64)
         return ValuesColumn(values[order], ptr, rows.astype(np.int32))

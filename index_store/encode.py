@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -82,7 +84,7 @@ def encode_catalog(
     )
     # Feature prep is Python (holds the GIL) and ONNX Runtime releases it: running the session on a
     # helper thread while the next batch is prepared overlaps the two (measured ~40% faster on 2 cores).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool, _no_cycle_collection():
         pending: tuple[Future[np.ndarray], int] | None = None
         for batch in batches:
             ids.extend(batch.columns[id_field])  # non-empty strings: the reader or _batched checked
@@ -117,3 +119,18 @@ def _batched(
             chunk = []
     if chunk:
         yield CatalogBatch({k: [r.get(k) for r in chunk] for k in keys}, len(chunk))
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause Python's cycle collector while a catalog streams through. A batch's thousands of
+    rows (dicts and lists from the JSON reader) live long enough to be traversed by collection
+    after collection, and none of them is in a cycle: reference counting frees them. Measured
+    2.5 against 1.4 s CPU to read 1M catalog lines held 4,096 at a time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -45,6 +45,8 @@ LIST_KINDS = ("vector", "multi_hot", "sequence", "hashed_words")  # rank 2 input
 _F32_MAX = float(np.finfo(np.float32).max)
 
 _WORD = re.compile(r"[a-z0-9]+")
+_ROW, _ROW_BYTE = "\x01", b"\x01"  # the row separator of _hashed_words: no word character
+_WORD_BYTES = bytes(c if chr(c) in "abcdefghijklmnopqrstuvwxyz0123456789\x01" else 32 for c in range(256))
 
 
 @dataclass(frozen=True)
@@ -464,8 +466,11 @@ class TowerEncoder:
                 seqs = [[idx.get(t, 0) for t in _tokens(v)[-spec.max_len :]] for v in vals]
                 out[spec.name] = _pad(seqs)
             else:  # hashed_words
-                words = [word_tokens(v)[: spec.max_len] if isinstance(v, str) else [] for v in vals]
-                out[spec.name] = _pad(_hash_each(words, spec.hash_size))
+                hashed = _hashed_words(vals, types, spec) if n else None
+                if hashed is None:
+                    words = [word_tokens(v)[: spec.max_len] if isinstance(v, str) else [] for v in vals]
+                    hashed = _pad(_hash_each(words, spec.hash_size))
+                out[spec.name] = hashed
         return out
 
 
@@ -498,6 +503,38 @@ def _string_lists(vals: Sequence[Any], types: set[type]) -> tuple[np.ndarray, li
     if not set(map(type, flat)) <= {str}:
         return None
     return np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), flat
+
+
+def _hashed_words(vals: Sequence[Any], types: set[type], spec: FieldSpec) -> np.ndarray | None:
+    """The hashed_words input of a column of texts in a few C-level passes over the whole batch,
+    not a regex and a list per row; None when a value is no text (or holds the separator).
+
+    The texts are joined by a separator and lowercased once (lowercasing is per character, so the
+    join changes no word); every byte of the UTF-8 that is not [a-z0-9] or the separator becomes a
+    space (a non-ASCII character is all bytes >= 0x80), and a split gives the words, as bytes: the
+    bytes `hash_token` hashes, since a word is ASCII."""
+    if not types <= {str, NoneType}:
+        return None
+    texts = [v if v is not None else "" for v in vals] if NoneType in types else vals
+    joined = _ROW.join(texts)
+    if joined.count(_ROW) != len(texts) - 1:
+        return None
+    data = joined.lower().encode("utf-8", "surrogatepass").translate(_WORD_BYTES)
+    tokens = data.replace(_ROW_BYTE, b" " + _ROW_BYTE + b" ").split()
+    is_sep = np.fromiter(map(_ROW_BYTE.__eq__, tokens), dtype=bool, count=len(tokens))
+    row = np.cumsum(is_sep)  # the row each token is in
+    starts = np.concatenate([[0], np.flatnonzero(is_sep) + 1])  # token index where each row starts
+    pos = np.arange(len(tokens)) - starts[row]  # a word's place in its row
+    keep = ~is_sep & (pos < spec.max_len)
+    kept = list(itertools.compress(tokens, keep.tolist()))
+    distinct = dict.fromkeys(kept, 0)  # titles share most of their words: each hashed once
+    m = spec.hash_size - 1
+    for w in distinct:
+        distinct[w] = 1 + zlib.crc32(w) % m
+    cols = pos[keep]
+    arr = np.zeros((len(texts), max(1, int(cols.max(initial=0)) + 1)), dtype=np.int64)
+    arr[row[keep], cols] = np.fromiter(map(distinct.__getitem__, kept), dtype=np.int64, count=len(kept))
+    return arr
 
 
 def _hash_each(words: list[list[str]], hash_size: int) -> list[list[int]]:

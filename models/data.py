@@ -590,7 +590,7 @@ class CatalogFile(Iterator[dict[str, Any]]):
             for c, values in converted.items():
                 out[c].extend(values)
             held += len(raws)
-            if held >= size:
+            while held >= size:
                 yield CatalogBatch({c: v[:size] for c, v in out.items()}, size)
                 out = {c: v[size:] for c, v in out.items()}
                 held -= size
@@ -624,15 +624,15 @@ def _unchanged_columns(
 ) -> dict[str, list[Any]] | None:
     """The rows' columns when no value needs converting (see `_unchanged`), else None."""
     out: dict[str, list[Any]] = {}
-    for col, (ctype, _) in columns.items():
+    for col, (ctype, spec) in columns.items():
         values = [r.get(col) for r in raws]
-        if not _unchanged(values, ctype):
+        if not _unchanged(values, ctype, spec):
             return None
         out[col] = values
     return out
 
 
-def _unchanged(values: list[Any], ctype: Column) -> bool:
+def _unchanged(values: list[Any], ctype: Column, spec: FieldSpec | None) -> bool:
     """Whether `_convert` (JSON values, not CSV cells) returns every value as it is, and the
     catalog's id check passes. False only means the per-row path decides."""
     types = set(map(type, values))
@@ -652,7 +652,12 @@ def _unchanged(values: list[Any], ctype: Column) -> bool:
             return False
     if ctype == "texts":
         return types <= {list, NoneType} and set(map(type, itertools.chain.from_iterable(present))) <= {str}
-    return False  # vector: the per-row path checks the length and the numbers
+    if ctype == "vector" and spec is not None:  # floats only: _convert makes an int a float
+        if not types <= {list, NoneType} or any(len(v) != spec.dim for v in present):
+            return False
+        flat = list(itertools.chain.from_iterable(present))
+        return set(map(type, flat)) <= {float} and bool(np.isfinite(np.array(flat, dtype=np.float64)).all())
+    return False
 
 
 def check_catalog_columns(path: Path, names: Collection[str], schema: HasTowers) -> None:

@@ -531,6 +531,8 @@ class IndexStore:
 
 
 def _check_unique(ids: list[str]) -> None:
+    if len(set(ids)) == len(ids):  # one C-level pass; the loop below only names the first repeat
+        return
     seen: set[str] = set()
     for item in ids:
         if item in seen:

@@ -78,7 +78,7 @@ def encode_catalog(
 
     keys = {id_field, *encoder.sources, *(collector.sources if collector is not None else ())}
     batches = (
-        rows.batches(batch_size)
+        rows.batches(batch_size, keys)
         if isinstance(rows, CatalogFile)
         else _batched(rows, batch_size, id_field, keys)
     )

@@ -557,17 +557,20 @@ class CatalogFile(Iterator[dict[str, Any]]):
             raise DataError(f"{where}: column {self.id_column!r} must be a non-empty id, got {rid!r}")
         return row
 
-    def batches(self, size: int = _BATCH) -> Iterator[CatalogBatch]:
-        """The rows (all of them: do not mix with iterating rows) in batches of up to `size`, the
-        schema's columns only (`keep_others` keeps other columns in the rows, not here)."""
+    def batches(self, size: int = _BATCH, keys: Collection[str] | None = None) -> Iterator[CatalogBatch]:
+        """The rows (all of them: do not mix with iterating rows) in batches of up to `size`, as
+        columns: `keys` (default: the schema's columns; a row without a key holds None there).
+        Read with the schema's columns alone, a row holds no other key, so its batches hold the
+        schema's columns whatever `keys` asks (a key they lack is missing in every row)."""
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         plain = self.columns.get(self.id_column, ("", None))[0] == "id"  # the id check is the column's
         if self.path.suffix == ".jsonl" and not self.keep_others and plain:
             yield from self._jsonl_batches(size)
             return
+        names = list(self.columns if keys is None else keys)
         for chunk in _chunks(self, size):
-            yield CatalogBatch({c: [r.get(c) for r in chunk] for c in self.columns}, len(chunk))
+            yield CatalogBatch({c: [r.get(c) for r in chunk] for c in names}, len(chunk))
 
     def _jsonl_batches(self, size: int) -> Iterator[CatalogBatch]:
         path, columns = self.path, self.columns

@@ -347,3 +347,12 @@ def test_catalog_batches_raise_a_broken_line_after_the_rows_before_it(
     with pytest.raises(DataError) as by_batch:
         _batches_as_rows(data, schema, 100)
     assert str(by_batch.value) == str(by_row.value) and "no column 'weight'" in str(by_row.value)
+
+
+def test_catalog_batches_without_a_schema_hold_the_asked_keys(tmp_path: Path, schema: SchemaFile) -> None:
+    data = dataset(tmp_path, ("jsonl", "jsonl", "jsonl"))
+    rows = list(catalog_rows(data, layout=schema.layout))  # every column kept, as read
+    keys = ["item_id", "title", "tags", "no_such_key"]
+    got = [r for b in catalog_rows(data, layout=schema.layout).batches(1, keys) for r in b.rows()]
+    assert got == [{k: r.get(k) for k in keys} for r in rows]
+    assert got[0]["title"] == "Red Shoe"

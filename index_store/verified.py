@@ -30,6 +30,7 @@ A read-only index store gets no marker and no lock: every process hashes, as bef
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -39,8 +40,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
-
-from index_store.locking import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,18 @@ def boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or os.uname().nodename
     except OSError:
         return os.uname().nodename
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`, created in place: unlike `locking.file_lock`, never creates the
+    directory (a build pruned meanwhile must not come back as an empty directory)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _state(path: Path) -> dict[str, int]:
@@ -93,7 +104,7 @@ class HostVerification:
         self = cls(bdir, manifest_sha, margin_s)
         with ExitStack() as stack:
             try:
-                stack.enter_context(file_lock(bdir / LOCK))
+                stack.enter_context(_flock(bdir / LOCK))
             except OSError as exc:
                 log.debug("%s: no verify lock (%s): every file hashed", bdir, exc)
                 yield self

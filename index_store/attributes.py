@@ -16,10 +16,12 @@ manifest's sha256 like the other files, and read-only once loaded.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import NoneType
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ ATTRIBUTES_FILE = "attributes.npz"
 VALUE_KINDS = ("categorical", "hashed", "multi_hot", "sequence")  # filtered by string values
 NUMBER_KINDS = ("numeric", "bucket")  # filtered by the raw number
 COLUMN_KINDS = VALUE_KINDS + NUMBER_KINDS  # vector and hashed_words have no column
+_CHUNK = 4096  # rows `watch` collects at a time
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,6 +108,65 @@ class _Field:
             self.pair_codes.append(code)
             self.pair_rows.append(row)
 
+    def add_values(self, first: int, values: list[Any]) -> None:
+        """Rows `first`, `first + 1`, ... holding `values` (defaults applied): what `add` does row by
+        row, as array operations when every value has a common type (no bool, numbers for the number
+        kinds, strings or lists of strings for the value kinds); anything else goes through `add`.
+        Per row in Python this was a third of a 1M-item build (measured, cProfile)."""
+        n = len(values)
+        types = set(map(type, values))
+        fast = (
+            self._fast_number(values, types)
+            if self.spec.kind in NUMBER_KINDS
+            else self._fast_tokens(values, types)
+        )
+        if fast is None:
+            for i, value in enumerate(values):
+                self.add(first + i, value)
+            return
+        if types - {NoneType}:  # a present value, and none is a bool
+            self.any_present = True
+            self.all_bool = False
+        self.bools.frombytes(b"\xff" * n)  # int8 -1: no value is a bool
+        if isinstance(fast, np.ndarray):
+            self.numbers.frombytes(fast.tobytes())
+            return
+        lens, tokens = fast
+        for tok in dict.fromkeys(tokens):  # new values get codes in first-seen order, as `add` gives
+            self.codes.setdefault(tok, len(self.codes))
+        self.pair_codes.frombytes(
+            np.fromiter(map(self.codes.__getitem__, tokens), np.int32, len(tokens)).tobytes()
+        )
+        rows = np.repeat(np.arange(first, first + n, dtype=np.int32), lens)
+        self.pair_rows.frombytes(rows.tobytes())
+
+    @staticmethod
+    def _fast_number(values: list[Any], types: set[type]) -> np.ndarray | None:
+        """float64 of `_number` for each value, or None when a value needs `_number` itself."""
+        if not types <= {int, float, NoneType}:
+            return None
+        try:
+            x = np.array(values, dtype=np.float64)  # None -> NaN; ints round as float() rounds them
+        except OverflowError:  # an int beyond float range: `_number` makes it NaN
+            return None
+        x[~np.isfinite(x)] = np.nan
+        return x
+
+    @staticmethod
+    def _fast_tokens(values: list[Any], types: set[type]) -> tuple[np.ndarray, list[str]] | None:
+        """(tokens per row, the tokens in row order) for strings or lists of strings, else None.
+        A row's repeated token is kept here and dropped in `column` (as `add` drops it)."""
+        if types <= {str, NoneType}:
+            lens = np.fromiter((v is not None for v in values), dtype=np.int64, count=len(values))
+            return lens, [v for v in values if v is not None]
+        if not types <= {list, tuple, NoneType}:
+            return None
+        lists = [() if v is None else v for v in values] if NoneType in types else values
+        tokens = list(itertools.chain.from_iterable(lists))
+        if not set(map(type, tokens)) <= {str}:
+            return None
+        return np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), tokens
+
     def column(self) -> Column:
         if self.any_present and self.all_bool:
             return BoolColumn(np.frombuffer(self.bools, dtype=np.int8).copy())
@@ -115,17 +177,22 @@ class _Field:
         rank = np.empty(len(values), dtype=np.int64)
         rank[order] = np.arange(len(values))
         codes = rank[np.frombuffer(self.pair_codes, dtype=np.int32)] if len(values) else np.zeros(0, np.int64)
-        rows = np.frombuffer(self.pair_rows, dtype=np.int32)
-        by_value = np.lexsort((rows, codes))  # by value, then row
+        rows = np.frombuffer(self.pair_rows, dtype=np.int32).astype(np.int64)
+        # By value, then row, each (value, row) pair once (`add_values` keeps a row's repeated value):
+        # one sort of a combined key, as lexsort gave when `add` alone filled the pairs.
+        span = int(rows.max(initial=-1)) + 1
+        key = np.sort(codes * span + rows)  # a plain sort: np.unique hashes first (measured 3 s at 2M)
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])] if key.size else key
+        codes, rows = (key // span, key % span) if span else (key, key)
         ptr = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(values)))]).astype(np.int64)
-        return ValuesColumn(values[order], ptr, rows[by_value].copy())
+        return ValuesColumn(values[order], ptr, rows.astype(np.int32))
 
 
 class AttributeCollector:
     """Gathers the filterable fields' raw values from catalog rows as they stream past the encoder.
 
     collector = AttributeCollector(schema.item)
-    ids, vectors = encode_catalog(runner, collector.watch(rows))
+    ids, vectors = encode_catalog(runner, rows, collector=collector)  # add_columns per batch
     attributes = collector.finish()
     """
 
@@ -134,13 +201,39 @@ class AttributeCollector:
         self._fields = [_Field(f) for f in self.specs]
         self._n = 0
 
+    @property
+    def sources(self) -> frozenset[str]:
+        """The raw keys it reads."""
+        return frozenset(f.source for f in self.specs)
+
+    def add_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> None:
+        """The next `n` rows, given as columns by source key (a key absent: missing in every row)."""
+        for f in self._fields:
+            column = columns.get(f.spec.source)
+            values = [None] * n if column is None else list(column)
+            if len(values) != n:
+                raise ValueError(f"column {f.spec.source!r} has {len(values)} values, expected {n}")
+            default = f.spec.default
+            if default is not None:
+                values = [default if v is None else v for v in values]
+            f.add_values(self._n, values)
+        self._n += n
+
+    def add_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.add_columns(
+            {f.spec.source: [r.get(f.spec.source) for r in rows] for f in self._fields}, len(rows)
+        )
+
     def watch(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+        """Pass `rows` through, collecting them in chunks: drain it before `finish()`."""
+        chunk: list[Mapping[str, Any]] = []
         for row in rows:
-            for f in self._fields:
-                value = row.get(f.spec.source)
-                f.add(self._n, f.spec.default if value is None else value)
-            self._n += 1
+            chunk.append(row)
+            if len(chunk) >= _CHUNK:
+                self.add_rows(chunk)
+                chunk = []
             yield row
+        self.add_rows(chunk)
 
     def finish(self) -> Attributes:
         return Attributes(self._n, {f.spec.name: f.column() for f in self._fields})

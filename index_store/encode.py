@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from index_store.attributes import Attributes
+from index_store.attributes import AttributeCollector, Attributes
+from models.data import CatalogBatch, CatalogFile
 from models.errors import DataError
 from models.runtime import TowerRunner
 
@@ -39,11 +42,13 @@ def encode_catalog(
     rows: Iterable[Mapping[str, Any]],
     batch_size: int = 4096,
     progress: Callable[[int], None] | None = None,
+    collector: AttributeCollector | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Stream a catalog through the item tower; only one batch of raw rows is held at a time.
 
     Returns the item ids in catalog order and their vectors (float32 [N, dim]). `progress` is
-    called with the running item count after every batch.
+    called with the running item count after every batch; `collector` gets every batch's columns.
+    A catalog file (`models.data.CatalogFile`) is read as columns, without a dict per row.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -71,31 +76,61 @@ def encode_catalog(
             last_log = now
             log.info("encoded %d items (%.0f items/s)", done, done / (now - started))
 
+    keys = {id_field, *encoder.sources, *(collector.sources if collector is not None else ())}
+    batches = (
+        rows.batches(batch_size, keys)
+        if isinstance(rows, CatalogFile)
+        else _batched(rows, batch_size, id_field, keys)
+    )
     # Feature prep is Python (holds the GIL) and ONNX Runtime releases it: running the session on a
     # helper thread while the next batch is prepared overlaps the two (measured ~40% faster on 2 cores).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool, _no_cycle_collection():
         pending: tuple[Future[np.ndarray], int] | None = None
-        batch: list[Mapping[str, Any]] = []
-        for n, row in enumerate(rows):
-            item_id = row.get(id_field)
-            if not isinstance(item_id, str) or not item_id:
-                raise DataError(f"catalog row {n}: {id_field} must be a non-empty string, got {item_id!r}")
-            ids.append(item_id)
-            batch.append(row)
-            if len(batch) >= batch_size:
-                arrays = encoder.encode(batch)
-                batch = []
-                if pending is not None:
-                    collect(pending)
-                pending = (pool.submit(runner.embed_arrays, arrays), len(ids) - batch_size)
-        if batch:
-            arrays = encoder.encode(batch)
+        for batch in batches:
+            ids.extend(batch.columns[id_field])  # non-empty strings: the reader or _batched checked
+            if collector is not None:
+                collector.add_columns(batch.columns, batch.size)
+            arrays = encoder.encode_columns(batch.columns, batch.size)
             if pending is not None:
                 collect(pending)
-            pending = (pool.submit(runner.embed_arrays, arrays), len(ids) - len(batch))
+            pending = (pool.submit(runner.embed_arrays, arrays), len(ids) - batch.size)
         if pending is not None:
             collect(pending)
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, runner.dim), dtype=np.float32)
     elapsed = time.monotonic() - started
     log.info("encoded %d items in %.1fs (%.0f items/s)", len(ids), elapsed, len(ids) / max(elapsed, 1e-9))
     return ids, vectors
+
+
+def _batched(
+    rows: Iterable[Mapping[str, Any]], size: int, id_field: str, keys: Iterable[str]
+) -> Iterator[CatalogBatch]:
+    """Rows from anywhere (Redis, a folded change log) as column batches of `keys`; each row's id
+    is checked as it arrives, so a bad id is reported before any later row is read."""
+    keys = list(keys)
+    chunk: list[Mapping[str, Any]] = []
+    for n, row in enumerate(rows):
+        item_id = row.get(id_field)
+        if not isinstance(item_id, str) or not item_id:
+            raise DataError(f"catalog row {n}: {id_field} must be a non-empty string, got {item_id!r}")
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield CatalogBatch({k: [r.get(k) for r in chunk] for k in keys}, len(chunk))
+            chunk = []
+    if chunk:
+        yield CatalogBatch({k: [r.get(k) for r in chunk] for k in keys}, len(chunk))
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause Python's cycle collector while a catalog streams through. A batch's thousands of
+    rows (dicts and lists from the JSON reader) live long enough to be traversed by collection
+    after collection, and none of them is in a cycle: reference counting frees them. Measured
+    2.5 against 1.4 s CPU to read 1M catalog lines held 4,096 at a time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -18,6 +18,7 @@ any point leaves the previous CURRENT intact.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -51,6 +52,7 @@ from index_store.idmap import ID_TABLE_FILE, IdMap, build_table
 from index_store.locking import file_lock, pid_alive
 from index_store.npzmap import map_npz
 from index_store.snapshot import Snapshot
+from index_store.verified import HostVerification
 from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError, TwoTowerError
 from models.manifest import ITEM_TOWER, ModelManifest, check_tag, fsync_dir, load_version, sha256_file
 from models.runtime import TowerRunner
@@ -105,12 +107,15 @@ class IndexStore:
     snapshot = store.load("20261122T101500Z", model_manifest)
     """
 
-    def __init__(self, root: Path, keep: int = 3) -> None:
-        """`keep` is the default of `prune()`; a build prunes with its config's `keep_builds`."""
+    def __init__(self, root: Path, keep: int = 3, verify_margin_s: float = 1.0) -> None:
+        """`keep` is the default of `prune()`; a build prunes with its config's `keep_builds`.
+        `verify_margin_s`: a file changed less than this before a load hashed it is hashed again
+        by the next load on this host (see index_store.verified)."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.root = Path(root)
         self.keep = keep
+        self.verify_margin_s = verify_margin_s
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -196,9 +201,19 @@ class IndexStore:
         _check_against_model(manifest, model, version, build_id, mpath)
         # Each file is checked (size, sha256) then mapped, never copied: the pages are the page
         # cache's, shared by every process that serves this build (docs/INDEX.md, Memory maps).
-        # Build files are never written after their directory is renamed into place.
-        for name in DATA_FILES:
-            _verify(bdir / name, manifest)
+        # Build files are never written after their directory is renamed into place. The hash runs
+        # once per build per host: index_store.verified says when a file's unchanged stat stands in.
+        names = [*DATA_FILES, *([ID_TABLE_FILE] if ID_TABLE_FILE in manifest["files"] else [])]
+        manifest_sha = hashlib.sha256(raw_manifest).hexdigest()
+        with HostVerification.held(bdir, manifest_sha, self.verify_margin_s) as host:
+            for name in names:
+                digest = manifest["files"].get(name)
+                if not isinstance(digest, str):
+                    raise ManifestError(f"{mpath}: no sha256 for {name}")
+                host.verify(bdir / name, digest, functools.partial(_verify, bdir / name, manifest))
+        log.debug(
+            "index build %s/%s: hashed %s (others verified on this host)", version, build_id, host.hashed
+        )
         try:
             index = faiss.read_index(str(bdir / INDEX_FILE), MMAP_FLAGS)
         except RuntimeError as exc:
@@ -263,8 +278,7 @@ class IndexStore:
             if row_of.has_duplicates():
                 raise ArtifactError(f"{bdir / IDS_FILE}: duplicate item ids")
             return row_of
-        _verify(bdir / ID_TABLE_FILE, manifest)
-        table = _map_npy(bdir / ID_TABLE_FILE)
+        table = _map_npy(bdir / ID_TABLE_FILE)  # verified with the data files
         try:
             return IdMap(ids, table)
         except ValueError as exc:
@@ -316,7 +330,7 @@ class IndexStore:
         else:
             collector = AttributeCollector(model.features.item)
             ids, vectors = encode_catalog(
-                runner, collector.watch(catalog), batch_size=config.batch_size, progress=progress
+                runner, catalog, batch_size=config.batch_size, progress=progress, collector=collector
             )
             encoded = EncodedCatalog(ids, vectors, collector.finish(), "local")
         ids, vectors, attributes = encoded.ids, encoded.vectors, encoded.attributes
@@ -525,6 +539,8 @@ class IndexStore:
 
 
 def _check_unique(ids: list[str]) -> None:
+    if len(set(ids)) == len(ids):  # one C-level pass; the loop below only names the first repeat
+        return
     seen: set[str] = set()
     for item in ids:
         if item in seen:

@@ -11,11 +11,13 @@ an unknown item therefore still gets a valid (if uninformed) embedding instead o
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import NoneType
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +45,8 @@ LIST_KINDS = ("vector", "multi_hot", "sequence", "hashed_words")  # rank 2 input
 _F32_MAX = float(np.finfo(np.float32).max)
 
 _WORD = re.compile(r"[a-z0-9]+")
+_ROW, _ROW_BYTE = "\x01", b"\x01"  # the row separator of _hashed_words: no word character
+_WORD_BYTES = bytes(c if chr(c) in "abcdefghijklmnopqrstuvwxyz0123456789\x01" else 32 for c in range(256))
 
 
 @dataclass(frozen=True)
@@ -215,12 +219,6 @@ def hash_token(token: str, hash_size: int) -> int:
     return 1 + zlib.crc32(data) % (hash_size - 1)
 
 
-def _hash_words(text: str, hash_size: int, max_len: int) -> list[int]:
-    """hash_token of each word; words are ASCII ([a-z0-9]+), so the plain encode cannot fail."""
-    m = hash_size - 1
-    return [1 + zlib.crc32(w.encode()) % m for w in word_tokens(text)[:max_len]]
-
-
 def word_tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
@@ -344,6 +342,11 @@ class TowerEncoder:
                     self._index[key] = {tok: i + offset for i, tok in enumerate(vocab)}
 
     @property
+    def sources(self) -> frozenset[str]:
+        """The raw keys `encode` reads."""
+        return frozenset(self._by_source)
+
+    @property
     def input_names(self) -> list[str]:
         return [f.name for f in self.tower.fields]
 
@@ -378,14 +381,25 @@ class TowerEncoder:
 
     def encode(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Raw rows (id under `id_field`, features under their source keys) -> input arrays."""
-        n = len(rows)
+        return self.encode_columns({key: [r.get(key) for r in rows] for key in self._by_source}, len(rows))
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> dict[str, np.ndarray]:
+        """`encode` of `n` rows given as columns by source key (a key absent: missing in every row).
+
+        The common cases (strings, numbers, lists of strings) go through array operations and
+        C-level maps; any other value takes the per-value path, with the same result."""
         out: dict[str, np.ndarray] = {}
         for spec in self.tower.fields:
-            vals = _values(rows, spec.source, spec.default)
+            column = columns.get(spec.source)
+            vals = _defaulted([None] * n if column is None else column, spec.default)
             kind = spec.kind
+            types = set(map(type, vals))
             if kind == "categorical":
                 assert spec.vocab is not None
                 idx = self._index[spec.vocab]
+                if types <= {str, NoneType}:  # None is no key of idx: 0, as _token(None) gives
+                    out[spec.name] = np.fromiter(map(idx.get, vals, itertools.repeat(0)), np.int64, n)
+                    continue
                 out[spec.name] = np.fromiter(
                     (
                         idx.get(v, 0) if v.__class__ is str else idx.get(t, 0) if (t := _token(v)) else 0
@@ -395,7 +409,9 @@ class TowerEncoder:
                     count=n,
                 )
             elif kind == "bucket":
-                x = np.fromiter((_finite_or_nan(v) for v in vals), dtype=np.float64, count=n)
+                x = _fast_floats(vals, types)
+                if x is None:
+                    x = np.fromiter((_finite_or_nan(v) for v in vals), dtype=np.float64, count=n)
                 b = np.searchsorted(np.asarray(spec.boundaries), x, side="right") + 1
                 out[spec.name] = np.where(np.isnan(x), 0, b).astype(np.int64)
             elif kind == "numeric":
@@ -426,15 +442,23 @@ class TowerEncoder:
                 assert spec.vocab is not None
                 idx = self._index[spec.vocab + "#mh"]
                 arr = np.zeros((n, len(idx)), dtype=np.float32)
-                rows_at: list[int] = []
-                cols_at: list[int] = []
-                for i, v in enumerate(vals):
-                    for tok in _tokens(v):
-                        j = idx.get(tok)
-                        if j is not None:
-                            rows_at.append(i)
-                            cols_at.append(j)
-                arr[rows_at, cols_at] = 1.0  # one scatter instead of a store per value
+                lists = _string_lists(vals, types)
+                if lists is not None:
+                    lens, flat = lists
+                    cols = np.fromiter(map(idx.get, flat, itertools.repeat(-1)), np.int64, len(flat))
+                    rows = np.repeat(np.arange(n), lens)
+                    known = cols >= 0
+                    arr[rows[known], cols[known]] = 1.0
+                else:
+                    rows_at: list[int] = []
+                    cols_at: list[int] = []
+                    for i, v in enumerate(vals):
+                        for tok in _tokens(v):
+                            j = idx.get(tok)
+                            if j is not None:
+                                rows_at.append(i)
+                                cols_at.append(j)
+                    arr[rows_at, cols_at] = 1.0  # one scatter instead of a store per value
                 out[spec.name] = arr
             elif kind == "sequence":
                 assert spec.vocab is not None
@@ -442,18 +466,86 @@ class TowerEncoder:
                 seqs = [[idx.get(t, 0) for t in _tokens(v)[-spec.max_len :]] for v in vals]
                 out[spec.name] = _pad(seqs)
             else:  # hashed_words
-                seqs = [
-                    _hash_words(v, spec.hash_size, spec.max_len) if isinstance(v, str) else [] for v in vals
-                ]
-                out[spec.name] = _pad(seqs)
+                hashed = _hashed_words(vals, types, spec) if n else None
+                if hashed is None:
+                    words = [word_tokens(v)[: spec.max_len] if isinstance(v, str) else [] for v in vals]
+                    hashed = _pad(_hash_each(words, spec.hash_size))
+                out[spec.name] = hashed
         return out
 
 
-def _values(rows: Sequence[Mapping[str, Any]], key: str, default: Any) -> list[Any]:
-    """Each row's raw value for `key`, the field's default where it is missing (absent or None)."""
+def _defaulted(values: Sequence[Any], default: Any) -> Sequence[Any]:
+    """The column with the field's default where a value is missing (None)."""
     if default is None:
-        return [r.get(key) for r in rows]
-    return [default if (v := r.get(key)) is None else v for r in rows]
+        return values
+    return [default if v is None else v for v in values]
+
+
+def _fast_floats(vals: Sequence[Any], types: set[type]) -> np.ndarray | None:
+    """`_finite_or_nan` of every value as one array, or None when some value needs it itself."""
+    if not types <= {int, float, NoneType}:
+        return None
+    try:
+        x = np.array(vals, dtype=np.float64)  # None -> NaN; an int rounds as float() rounds it
+    except OverflowError:
+        return None
+    x[~np.isfinite(x)] = np.nan
+    return x
+
+
+def _string_lists(vals: Sequence[Any], types: set[type]) -> tuple[np.ndarray, list[str]] | None:
+    """(length of each row's list, every member in row order) when each value is a list (or tuple)
+    of strings or missing, else None. What `_tokens` gives for such values."""
+    if not types <= {list, tuple, NoneType}:
+        return None
+    lists = [() if v is None else v for v in vals] if NoneType in types else vals
+    flat = list(itertools.chain.from_iterable(lists))
+    if not set(map(type, flat)) <= {str}:
+        return None
+    return np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), flat
+
+
+def _hashed_words(vals: Sequence[Any], types: set[type], spec: FieldSpec) -> np.ndarray | None:
+    """The hashed_words input of a column of texts in a few C-level passes over the whole batch,
+    not a regex and a list per row; None when a value is no text (or holds the separator).
+
+    The texts are joined by a separator and lowercased once (lowercasing is per character, so the
+    join changes no word); every byte of the UTF-8 that is not [a-z0-9] or the separator becomes a
+    space (a non-ASCII character is all bytes >= 0x80), and a split gives the words, as bytes: the
+    bytes `hash_token` hashes, since a word is ASCII."""
+    if not types <= {str, NoneType}:
+        return None
+    texts = [v if v is not None else "" for v in vals] if NoneType in types else vals
+    joined = _ROW.join(texts)
+    if joined.count(_ROW) != len(texts) - 1:
+        return None
+    data = joined.lower().encode("utf-8", "surrogatepass").translate(_WORD_BYTES)
+    tokens = data.replace(_ROW_BYTE, b" " + _ROW_BYTE + b" ").split()
+    is_sep = np.fromiter(map(_ROW_BYTE.__eq__, tokens), dtype=bool, count=len(tokens))
+    row = np.cumsum(is_sep)  # the row each token is in
+    starts = np.concatenate([[0], np.flatnonzero(is_sep) + 1])  # token index where each row starts
+    pos = np.arange(len(tokens)) - starts[row]  # a word's place in its row
+    keep = ~is_sep & (pos < spec.max_len)
+    kept = list(itertools.compress(tokens, keep.tolist()))
+    distinct = dict.fromkeys(kept, 0)  # titles share most of their words: each hashed once
+    m = spec.hash_size - 1
+    for w in distinct:
+        distinct[w] = 1 + zlib.crc32(w) % m
+    cols = pos[keep]
+    arr = np.zeros((len(texts), max(1, int(cols.max(initial=0)) + 1)), dtype=np.int64)
+    arr[row[keep], cols] = np.fromiter(map(distinct.__getitem__, kept), dtype=np.int64, count=len(kept))
+    return arr
+
+
+def _hash_each(words: list[list[str]], hash_size: int) -> list[list[int]]:
+    """hash_token of every word (ASCII [a-z0-9]+, so the plain encode cannot fail), each distinct
+    word of the batch hashed once: titles share most of their words."""
+    distinct = dict.fromkeys(itertools.chain.from_iterable(words), 0)
+    m = hash_size - 1
+    for w in distinct:
+        distinct[w] = 1 + zlib.crc32(w.encode()) % m
+    get = distinct.__getitem__
+    return [list(map(get, ws)) for ws in words]
 
 
 def _tokens(value: Any) -> list[str]:
@@ -471,10 +563,13 @@ def _tokens(value: Any) -> list[str]:
 
 def _pad(seqs: list[list[int]]) -> np.ndarray:
     """Right-pad with 0 to the longest row (at least 1 column, so ONNX never sees a 0-length axis)."""
-    width = max(1, max((len(s) for s in seqs), default=1))
+    lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    width = max(1, int(lens.max(initial=1)))
     arr = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        arr[i, : len(s)] = s
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lens.sum()))
+    rows = np.repeat(np.arange(len(seqs)), lens)
+    starts = np.cumsum(lens) - lens
+    arr[rows, np.arange(flat.size) - np.repeat(starts, lens)] = flat  # one scatter, not a store per row
     return arr
 
 

@@ -77,6 +77,8 @@ def changed_catalog(settings: Settings, schema: HasTowers) -> tuple[Iterator[Map
     else:
         changes = FileChangeLog(Path(settings.index_store) / CHANGES_FILE).read_since(0)
     last = max((int(c["seq"]) for c in changes), default=0)
+    if not changes:  # the catalog as it is: a catalog file stays one, read as column batches
+        return catalog(settings, schema), last
     return fold(catalog(settings, schema), changes, schema.item.id_field), last
 
 

@@ -257,3 +257,76 @@ def test_mask_cache_is_bounded_and_known_by_identity() -> None:
     assert e.rows.tolist() == np.flatnonzero(e.mask).tolist()
     big = cache.put("big", np.ones(10_000, dtype=bool))  # over the whole budget: used, not kept
     assert big.count == 10_000 and cache.get("big") is None and cache.get("f4") is entries[4]
+
+
+# --- columns collected a batch at a time are the columns of row by row
+
+ODD_ROW: dict[str, Any] = {  # a value of an unusual type in every field: forces the per-row path
+    "brand": 7,
+    "tags": ["red", 3, True, None, ["x"], "red"],
+    "price": 10**400,
+    "year": True,
+    "in_stock": False,
+    "emb": "oops",
+}
+
+
+def _plain_and_messy_rows(n: int) -> list[dict[str, Any]]:
+    rows = make_rows(n, seed=3)
+    for i, row in enumerate(rows):  # still plain: repeats, tuples, NaN, infinity, big ints, empty lists
+        if i % 7 == 0:
+            row["tags"] = ("red", "red", "eco") if i % 2 else []
+        if i % 9 == 0:
+            row["price"] = [math.nan, math.inf, 2**70, 3][i % 4]
+        if i % 23 == 0:
+            row["brand"] = None
+    return rows
+
+
+def _columns(attrs: Any, size: int) -> dict[str, Any]:
+    """Each column as plain data over rows < size."""
+    out: dict[str, Any] = {}
+    for name, col in attrs.columns.items():
+        if hasattr(col, "rows"):
+            out[name] = {
+                v: [r for r in col.rows_of(i).tolist() if r < size] for i, v in enumerate(col.values)
+            }
+            out[name] = {v: r for v, r in out[name].items() if r}
+        else:
+            arr = col.x if hasattr(col, "x") else col.b
+            out[name] = (type(col).__name__, np.asarray(arr[:size]).tobytes())
+    return out
+
+
+def test_columns_per_batch_equal_row_by_row() -> None:
+    rows = _plain_and_messy_rows(300)
+    # Reference: the per-row path, which every batch holding the odd row takes for every field.
+    row_by_row = AttributeCollector(TOWER)
+    row_by_row.add_rows([*rows, ODD_ROW])
+    batched = AttributeCollector(TOWER)
+    for start in range(0, len(rows), 64):
+        batched.add_columns(
+            {k: [r.get(k) for r in rows[start : start + 64]] for k in batched.sources},
+            64 if start + 64 <= len(rows) else len(rows) - start,
+        )
+    got = batched.finish()
+    assert got.size == len(rows)
+    assert _columns(got, len(rows)) == _columns(row_by_row.finish(), len(rows))
+    assert got.describe() == {
+        "brand": "values",
+        "tags": "values",
+        "price": "number",
+        "year": "number",
+        "in_stock": "bool",
+    }
+
+
+def test_messy_columns_per_batch_equal_one_row_at_a_time() -> None:
+    rows = [*_plain_and_messy_rows(40), ODD_ROW, *_plain_and_messy_rows(40)]
+    one_by_one = AttributeCollector(TOWER)
+    for row in rows:
+        one_by_one.add_rows([row])
+    watched = AttributeCollector(TOWER)
+    assert list(watched.watch(rows)) == rows
+    a, b = one_by_one.finish(), watched.finish()
+    assert _columns(a, len(rows)) == _columns(b, len(rows))

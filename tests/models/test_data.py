@@ -13,7 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models.data import Interaction, catalog_rows, load_dataset, read_interactions, table_path, user_rows
+from models.data import (
+    Interaction,
+    _unchanged_columns,
+    catalog_rows,
+    columns_of,
+    load_dataset,
+    read_interactions,
+    table_path,
+    user_rows,
+)
 from models.errors import DataError
 from models.layout import DataLayout
 from models.schema import SchemaFile, load_schema
@@ -257,3 +266,93 @@ def test_a_jsonl_key_that_is_null_everywhere_is_present(tmp_path: Path, schema: 
     data = dataset(tmp_path, ("jsonl", "jsonl", "jsonl"))
     write_table(data / "catalog.jsonl", [{**r, "title": None} for r in ITEMS])
     assert [r["title"] for r in load_dataset(data, schema).items.values()] == [None, None]
+
+
+# --- the catalog read in batches (the index build's path) gives the rows and the errors of the row path
+
+
+MESSY_ITEMS = [
+    *ITEMS,
+    {"item_id": 7, "price_eur": 3, "weight": 2.5, "emb": [1, 2, 3, 4], "tags": ["x", 5], "title": 12},
+    {"item_id": "i8", "price_eur": 2**70, "weight": None, "tags": ["a", "a"], "title": "ÄÖ İstanbul"},
+    {"item_id": "i9", "price_eur": 1e300, "weight": -1, "emb": None, "tags": None},
+    {"item_id": "i10", "price_eur": 0.1, "weight": 3, "emb": [0, 0, 0, 0], "tags": [], "title": ""},
+]
+
+
+def _batches_as_rows(data: Path, schema: SchemaFile, size: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for batch in catalog_rows(data, schema=schema).batches(size):
+        assert batch.size == len(batch.rows()) <= size
+        out += batch.rows()
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000])
+def test_catalog_batches_hold_the_rows_of_the_row_path(tmp_path: Path, schema: SchemaFile, size: int) -> None:
+    data = dataset(tmp_path, ("jsonl", "jsonl", "jsonl"))
+    # Pieces of plain values (taken as they are) around pieces the per-row path converts.
+    plain = [ITEMS[0], ITEMS[1], {"item_id": "i", "weight": 1, "title": "x", "tags": None, "emb": None}]
+    columns = columns_of(schema.item)
+    assert _unchanged_columns([{**r} for r in plain], columns) is not None  # the batch path's own case
+    assert _unchanged_columns([MESSY_ITEMS[-1]], columns) is None  # int numbers in a vector: per row
+    some = [*plain * 200, *MESSY_ITEMS * 50, *plain * 100]
+    rows = [{**r, "item_id": r["item_id"] if r["item_id"] == 7 else f"i{n}"} for n, r in enumerate(some)]
+    text = "".join(json.dumps(r) + ("\n\n" if n % 500 == 0 else "\n") for n, r in enumerate(rows))
+    (data / "catalog.jsonl").write_text(" \t" + text + "  \n")  # blank lines and spaces around values
+    expected = list(catalog_rows(data, schema=schema))
+    assert len(expected) == len(rows)
+    got = _batches_as_rows(data, schema, size)
+    assert got == expected
+    # the same types too (an int id becomes text in both, 2.5 stays a float, 2**70 an int)
+    assert [{k: type(v) for k, v in r.items()} for r in got] == [
+        {k: type(v) for k, v in r.items()} for r in expected
+    ]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_ITEMS)
+def test_catalog_batches_raise_the_row_paths_error(
+    tmp_path: Path, schema: SchemaFile, change: dict[str, Any], message: str
+) -> None:
+    data = dataset(tmp_path, ("jsonl", "jsonl", "jsonl"))
+    good = [{**ITEMS[n % 2], "item_id": f"i{n}"} for n in range(700)]
+    # the bad row deep in a batch, and a broken line after it: the bad row is reported first
+    path = write_table(data / "catalog.jsonl", [*good, {**ITEMS[1], **change}, *good[:3]])
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(DataError) as by_row:
+        list(catalog_rows(data, schema=schema))
+    with pytest.raises(DataError) as by_batch:
+        _batches_as_rows(data, schema, 256)
+    assert str(by_batch.value) == str(by_row.value)
+    assert str(by_row.value).startswith(f"{path}:701: ") and message in str(by_row.value)
+
+
+def test_catalog_batches_raise_a_broken_line_after_the_rows_before_it(
+    tmp_path: Path, schema: SchemaFile
+) -> None:
+    data = dataset(tmp_path, ("jsonl", "jsonl", "jsonl"))
+    path = data / "catalog.jsonl"
+    for tail in ("[1, 2]\n", '{"item_id": "x"} {}\n', "\ufeff{}\n", "{not json\n"):
+        path.write_text(
+            "".join(json.dumps({**ITEMS[0], "item_id": f"i{n}"}) + "\n" for n in range(300)) + tail
+        )
+        with pytest.raises(DataError) as by_row:
+            list(catalog_rows(data, schema=schema))
+        with pytest.raises(DataError) as by_batch:
+            _batches_as_rows(data, schema, 100)
+        assert str(by_batch.value) == str(by_row.value) and f"{path}:301: " in str(by_row.value)
+    path.write_text(json.dumps({k: v for k, v in ITEMS[0].items() if k != "weight"}) + "\n")
+    with pytest.raises(DataError) as by_row:
+        list(catalog_rows(data, schema=schema))
+    with pytest.raises(DataError) as by_batch:
+        _batches_as_rows(data, schema, 100)
+    assert str(by_batch.value) == str(by_row.value) and "no column 'weight'" in str(by_row.value)
+
+
+def test_catalog_batches_without_a_schema_hold_the_asked_keys(tmp_path: Path, schema: SchemaFile) -> None:
+    data = dataset(tmp_path, ("jsonl", "jsonl", "jsonl"))
+    rows = list(catalog_rows(data, layout=schema.layout))  # every column kept, as read
+    keys = ["item_id", "title", "tags", "no_such_key"]
+    got = [r for b in catalog_rows(data, layout=schema.layout).batches(1, keys) for r in b.rows()]
+    assert got == [{k: r.get(k) for k in keys} for r in rows]
+    assert got[0]["title"] == "Red Shoe"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
 from models.errors import FeatureError
-from models.features import FeatureSchema, FieldSpec, TowerEncoder, TowerSchema, hash_token
+from models.features import FeatureSchema, FieldSpec, TowerEncoder, TowerSchema, hash_token, word_tokens
 from models.schema import load_schema
 from tests.models.test_schema import MOVIELENS
 
@@ -214,3 +215,42 @@ def test_integer_tokens_count_as_their_text() -> None:
     assert (
         a["item_id"].tolist() == b["item_id"].tolist() == [2] and a["brand"].tolist() == b["brand"].tolist()
     )
+
+
+# --- batches of plain values (array operations) encode as the per-value path does
+
+PLAIN_ITEMS: list[dict[str, Any]] = [
+    {
+        "item_id": "10",
+        "genres": ["Comedy", "Drama", "Comedy"],
+        "release_year": 1995,
+        "title": "Toy Story (1995)",
+    },
+    {"item_id": "nope", "genres": ("Drama",), "release_year": 1999.5, "title": "A b C d E f G"},
+    {"item_id": None, "genres": [], "release_year": float("nan"), "title": ""},
+    {"genres": ["Western"], "release_year": float("inf"), "title": "ÄÖÜ İstanbul \u212aelvin 7th-heaven!"},
+    {"item_id": "12", "genres": None, "release_year": 2**70, "title": None},
+    {"item_id": "11", "release_year": -(2**60), "title": "\ud800 lone  surrogate\tand\nnewlines"},
+]
+ODD_ITEM: dict[str, Any] = {"item_id": 11, "genres": ["Comedy", 5, True], "release_year": True, "title": 42}
+
+
+def test_plain_batches_encode_as_the_per_value_path(schema: FeatureSchema) -> None:
+    enc = TowerEncoder(schema, "item")
+    rows = PLAIN_ITEMS * 3
+    fast = enc.encode(rows)
+    per_value = enc.encode([*rows, ODD_ITEM])  # the odd row sends every field down the per-value path
+    title = schema.item.field("title")
+    for name, arr in fast.items():
+        ref = per_value[name][: len(rows)]
+        width = arr.shape[1] if arr.ndim == 2 else None
+        assert arr.dtype == ref.dtype, name
+        assert np.array_equal(arr, ref[:, :width] if width is not None else ref), name
+        if width is not None:  # the padding is all the per-value path has beyond it
+            assert not ref[:, width:].any(), name
+    for i, row in enumerate(rows):  # and the words are hash_token of the first max_len words
+        text = row.get("title")
+        words = word_tokens(text)[: title.max_len] if isinstance(text, str) else []
+        expected = [hash_token(w, title.hash_size) for w in words]
+        assert fast["title"][i].tolist() == expected + [0] * (fast["title"].shape[1] - len(expected))
+    assert enc.encode_columns({}, 2)["item_id"].tolist() == [0, 0]  # absent columns: missing

@@ -203,7 +203,7 @@ class IndexStore:
         # cache's, shared by every process that serves this build (docs/INDEX.md, Memory maps).
         # Build files are never written after their directory is renamed into place. The hash runs
         # once per build per host: index_store.verified says when a file's unchanged stat stands in.
-        names = [*DATA_FILES, *([ID_TABLE_FILE] if ID_TABLE_FILE in manifest["files"] else [])]
+        names = [*DATA_FILES, *(f for f in (ID_TABLE_FILE, ATTRIBUTES_FILE) if f in manifest["files"])]
         manifest_sha = hashlib.sha256(raw_manifest).hexdigest()
         with HostVerification.held(bdir, manifest_sha, self.verify_margin_s) as host:
             for name in names:
@@ -556,9 +556,10 @@ def _read(path: Path) -> bytes:
 
 
 def _load_attributes(path: Path, manifest: Mapping[str, Any], n: int) -> Attributes:
-    """The filter columns: checked like every build file, then mapped (index_store/npzmap.py), so
-    that serving processes share them; an archive that cannot be mapped is read instead."""
-    _verify(path, manifest)
+    """The filter columns, verified with the other build files, mapped (index_store/npzmap.py) so
+    that serving processes share them; an archive that cannot be mapped is read (and hashed) instead."""
+    if path.name not in manifest["files"]:  # then it was not among the files verified above
+        raise ManifestError(f"{path.parent / MANIFEST}: no sha256 for {path.name}")
     try:
         arrays = map_npz(path)
     except (ValueError, OSError, zipfile.BadZipFile):

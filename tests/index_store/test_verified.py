@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from index_store.attributes import ATTRIBUTES_FILE
 from index_store.build import IndexConfig
 from index_store.idmap import ID_TABLE_FILE
 from index_store.store import DATA_FILES, INDEX_FILE, VECTORS_FILE, IndexStore
@@ -19,7 +20,7 @@ from models.errors import ArtifactError
 from models.manifest import ModelManifest
 
 MARGIN_S = 0.05  # files this much older than their hash are recorded (the default is 1 s)
-ALL = {*DATA_FILES, ID_TABLE_FILE}
+ALL = {*DATA_FILES, ID_TABLE_FILE, ATTRIBUTES_FILE}  # the filter columns are mapped too
 
 
 def _settled(bdir: Path) -> None:
@@ -66,7 +67,7 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name", [VECTORS_FILE, INDEX_FILE, ID_TABLE_FILE])
+@pytest.mark.parametrize("name", [VECTORS_FILE, INDEX_FILE, ID_TABLE_FILE, ATTRIBUTES_FILE])
 @pytest.mark.parametrize("how", ["in place", "in place, mtime restored", "replaced by a copy"])
 def test_a_file_changed_after_it_was_verified_is_refused(
     built: tuple[IndexStore, Path], manifest: ModelManifest, name: str, how: str

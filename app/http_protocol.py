@@ -43,6 +43,13 @@ class _Prefixed:
             data, self.head = self.head + data, None
         self.real.write(data)
 
+    def close(self) -> None:
+        # A HEAD answer writes no body part; with `Connection: close` uvicorn closes right away.
+        if self.head is not None:
+            self.real.write(self.head)
+            self.head = None
+        self.real.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 

@@ -102,6 +102,17 @@ def test_keep_alive_and_head_requests(port: int) -> None:
         assert read_until(conn, b'{"ok":true}').startswith(b"HTTP/1.1 200 OK")
 
 
+def test_closing_responses_keep_their_head(port: int) -> None:
+    """`Connection: close`: uvicorn closes the transport in the same send (for HEAD, without
+    writing any body part): the head still goes out first."""
+    for method, marker in (("HEAD", b"\r\n\r\n"), ("POST", b'{"ok":true}')):
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(f"{method} /fast HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".encode())
+            data = read_until(conn, marker)
+        assert data.startswith(b"HTTP/1.1 200 OK"), (method, data)
+        assert b"connection: close" in data.lower()
+
+
 def test_chunked_parts(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port)) as conn:
         request(conn, "POST", "/stream")

@@ -9,6 +9,7 @@ lost or moved, zero 5xx in the load, nothing half-written in the index store.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import redis
 
 from index_store.store import CURRENT, MANIFEST, TMP_PREFIX
+from index_store.verified import MARKER_PREFIX
 from tests.conftest import RedisServer
 from tests.reliability.procs import ADMIN, Load, Proc, Server, deadline_loop, summary
 
@@ -104,7 +106,9 @@ def assert_nothing_half_written(index_root: Path) -> None:
         assert not left, f"half-written builds left in {vdir}: {left}"
         for b in (p for p in vdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             assert (b / MANIFEST).exists(), f"{b}: a build directory without its manifest"
-    strays = [p.name for p in index_root.rglob(".*") if p.is_file() and "lock" not in p.name]
+    # Dotfiles that stay by design: locks, and a build's host-verification marker (index_store.verified).
+    kept = re.compile(rf"(.*lock.*|{re.escape(MARKER_PREFIX)}[0-9a-f-]+\.json)")
+    strays = [p.name for p in index_root.rglob(".*") if p.is_file() and not kept.fullmatch(p.name)]
     assert not strays, f"temporary files left in the index store: {strays}"
 
 

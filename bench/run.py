@@ -129,6 +129,7 @@ class Context:
     data: Path
     results: dict[str, Any] = field(default_factory=dict)
     catalog_ids: list[str] = field(default_factory=list)
+    swap_rate: float | None = None  # --swap-rate: the swap step's rate when the http step is skipped
 
     def index_root(self, kind: str) -> Path:
         return self.tmp / f"index-{kind}"
@@ -572,7 +573,8 @@ def measure_swap(ctx: Context) -> None:
         ),
         None,
     )
-    rate = served["half_rate"]["rate"] if served else 200.0
+    # Half the best rate of the http step; without it (--skip http), --swap-rate or 200 req/s.
+    rate = served["half_rate"]["rate"] if served else (ctx.swap_rate or 200.0)
     runs = []
     with ServiceProcess(ctx.service_env(kind), ctx.log_file("serve-swap")) as svc:
         warm = LoadSpec(
@@ -839,6 +841,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--keep-tmp", action="store_true", help="keep the temporary directory (data, indexes, logs)"
     )
     p.add_argument("--skip", default="", help="steps to skip, comma-separated: http,swap,memory,retrieval")
+    p.add_argument("--swap-rate", type=float, help="req/s of the swap step when http is skipped (200)")
     return p.parse_args(argv)
 
 
@@ -862,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("load average %.2f: other work on this machine will skew the numbers", load_avg[0])
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="twotower-bench-"))
-    ctx = Context(plan, tmp, args.model_store.resolve(), version, tmp / "data")
+    ctx = Context(plan, tmp, args.model_store.resolve(), version, tmp / "data", swap_rate=args.swap_rate)
     ctx.results.update(
         plan=asdict(plan),
         model_version=version,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -49,6 +50,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await service.sync_changes()  # replays the change log on top of the builds just loaded
     await service.heartbeat()
     app.state.service = service
+    # Everything loaded so far (the in-process users with their histories, vocabularies, modules)
+    # lives as long as the process: out of the collector's reach, a full collection no longer walks
+    # it. Measured: ~55 ms per full collection with 10k users, the one ~127 ms stall a second after
+    # a swap in the bench. Forked workers also keep these pages shared (no GC header writes).
+    gc.collect()  # garbage first: what is frozen is never collected (freed by refcount only)
+    gc.freeze()
 
     async def poll() -> None:
         await service.refresh_aliases()

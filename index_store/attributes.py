@@ -16,7 +16,6 @@ manifest's sha256 like the other files, and read-only once loaded.
 from __future__ import annotations
 
 import io
-import itertools
 import math
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 
 from index_store.filter_cache import MaskCache
 from models.errors import ArtifactError
-from models.features import FieldSpec, TowerSchema
+from models.features import FieldSpec, TowerSchema, string_lists
 
 ATTRIBUTES_FILE = "attributes.npz"
 VALUE_KINDS = ("categorical", "hashed", "multi_hot", "sequence")  # filtered by string values
@@ -159,13 +158,7 @@ class _Field:
         if types <= {str, NoneType}:
             lens = np.fromiter((v is not None for v in values), dtype=np.int64, count=len(values))
             return lens, [v for v in values if v is not None]
-        if not types <= {list, tuple, NoneType}:
-            return None
-        lists = [() if v is None else v for v in values] if NoneType in types else values
-        tokens = list(itertools.chain.from_iterable(lists))
-        if not set(map(type, tokens)) <= {str}:
-            return None
-        return np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), tokens
+        return string_lists(values, types)
 
     def column(self) -> Column:
         if self.any_present and self.all_bool:

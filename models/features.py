@@ -442,7 +442,7 @@ class TowerEncoder:
                 assert spec.vocab is not None
                 idx = self._index[spec.vocab + "#mh"]
                 arr = np.zeros((n, len(idx)), dtype=np.float32)
-                lists = _string_lists(vals, types)
+                lists = string_lists(vals, types)
                 if lists is not None:
                     lens, flat = lists
                     cols = np.fromiter(map(idx.get, flat, itertools.repeat(-1)), np.int64, len(flat))
@@ -493,9 +493,10 @@ def _fast_floats(vals: Sequence[Any], types: set[type]) -> np.ndarray | None:
     return x
 
 
-def _string_lists(vals: Sequence[Any], types: set[type]) -> tuple[np.ndarray, list[str]] | None:
+def string_lists(vals: Sequence[Any], types: set[type]) -> tuple[np.ndarray, list[str]] | None:
     """(length of each row's list, every member in row order) when each value is a list (or tuple)
-    of strings or missing, else None. What `_tokens` gives for such values."""
+    of strings or missing, else None. What `_tokens` gives for such values (also the filter
+    columns' tokens: index_store.attributes)."""
     if not types <= {list, tuple, NoneType}:
         return None
     lists = [() if v is None else v for v in vals] if NoneType in types else vals

@@ -16,17 +16,9 @@ from bench import report
 from bench.catalog import synthetic_items, synthetic_users, write_data_dir
 from bench.load import LoadResult, LoadSpec, _run, percentile, summarize
 from models.features import KINDS, TowerEncoder
-from models.manifest import ModelManifest, list_versions, load_version
+from models.manifest import ModelManifest
 from models.schema import load_schema
-from tests.conftest import DEMO_STORE, ROOT
-
-
-@pytest.fixture(scope="module")
-def manifest() -> ModelManifest:
-    versions = list_versions(DEMO_STORE)
-    if not versions:
-        pytest.skip("no demo model version in models/demo")
-    return load_version(DEMO_STORE, versions[-1])
+from tests.conftest import ROOT
 
 
 def test_items_are_deterministic_and_seeded(manifest: ModelManifest) -> None:

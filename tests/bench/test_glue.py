@@ -8,23 +8,19 @@ import json
 from pathlib import Path
 
 import httpx
-import pytest
 
 from app.catalog import read_users
 from bench.catalog import write_data_dir
 from bench.reindex import finish, run_child
 from bench.server import GlueProcess, ServiceProcess
-from models.manifest import list_versions, load_version
+from models.manifest import ModelManifest
 from tests.conftest import DEMO_STORE
 
 
-def test_glue_searches_like_twotower(tmp_path: Path) -> None:
-    versions = list_versions(DEMO_STORE)
-    if not versions:
-        pytest.skip("no demo model version in models/demo")
-    version = versions[-1]
+def test_glue_searches_like_twotower(tmp_path: Path, manifest: ModelManifest) -> None:
+    version = manifest.version
     data, index = tmp_path / "data", tmp_path / "index"
-    write_data_dir(data, load_version(DEMO_STORE, version), 20_000, 200, seed=0)
+    write_data_dir(data, manifest, 20_000, 200, seed=0)
     # IVF200 at 20k items: the tuned nprobe is well above 1, so nprobe=1 gives other answers.
     proc = run_child(DEMO_STORE, version, index, data, "ivf", tmp_path / "build.log", factory="IVF200,Flat")
     built = finish(proc, tmp_path / "build.log")

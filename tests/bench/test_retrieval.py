@@ -12,16 +12,7 @@ from bench import report, retrieval
 from bench.catalog import synthetic_items
 from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, to_bytes
 from index_store.filters import filter_mask
-from models.manifest import ModelManifest, list_versions, load_version
-from tests.conftest import DEMO_STORE
-
-
-@pytest.fixture(scope="module")
-def manifest() -> ModelManifest:
-    versions = list_versions(DEMO_STORE)
-    if not versions:
-        pytest.skip("no demo model version in models/demo")
-    return load_version(DEMO_STORE, versions[-1])
+from models.manifest import ModelManifest
 
 
 def test_filters_near_50_and_1_percent(manifest: ModelManifest, tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,7 @@ def encode_with_ray(
     columns = [c for c in columns_of(schema.item) if c in names]
     collector = AttributeCollector(schema.item)
     filterable = sorted({f.source for f in collector.specs})
-    ray = connect(options)
-    try:
+    with _session(options) as ray:
         context, actors = _prepare(ray, options, f"{total} items in {len(files)} Parquet file(s)")
         # A block goes to one actor, and a read task cuts its output into blocks of at most this
         # size: a few blocks per actor give every actor work, one file or many (a repartition op
@@ -175,15 +175,6 @@ def encode_with_ray(
         )
         ds = _encoded(ray, ds, runner, options, actors, batch_size, filterable)
         shards = _collect(ds, total, manifest.dim, progress, set(drop))
-    except TwoTowerError:
-        raise
-    except Exception as exc:  # a UDF's own error comes back wrapped in Ray's exception types
-        raise _unwrap(exc) from exc
-    finally:
-        if not options.address:
-            ray.shutdown()
-    if shards.done != total:
-        raise BuildRefused(f"ray engine: {shards.done} of {total} catalog rows came back")
     ids, vectors = shards.ids, shards.vectors
     extra = list(append)
     if extra:
@@ -220,8 +211,7 @@ def encode_rows_with_ray(
     manifest = runner.manifest
     id_field = manifest.features.item.id_field
     collector = AttributeCollector(manifest.features.item)
-    ray = connect(options)
-    try:
+    with _session(options) as ray:
         refs, total = [], 0
         # A block is one map_batches call on one actor: 4 batches a block keeps the object store's
         # per-block cost (a metadata task each) small and still gives a pool blocks to share.
@@ -234,6 +224,16 @@ def encode_rows_with_ray(
         ds = _encoded(ray, ray.data.from_arrow_refs(refs), runner, options, actors, batch_size, [])
         del refs  # the dataset holds them; its blocks are freed as they are encoded
         shards = _collect(ds, total, manifest.dim, progress, set())
+    return EncodedCatalog(shards.ids, shards.vectors, collector.finish(), "ray")
+
+
+@contextmanager
+def _session(options: RayOptions) -> Iterator[Any]:
+    """`ray`, connected for one encoding: a UDF's own error comes back wrapped in Ray's exception
+    types and leaves unwrapped; a cluster started here (no address) is shut down on the way out."""
+    ray = connect(options)
+    try:
+        yield ray
     except TwoTowerError:
         raise
     except Exception as exc:
@@ -241,9 +241,6 @@ def encode_rows_with_ray(
     finally:
         if not options.address:
             ray.shutdown()
-    if shards.done != total:
-        raise BuildRefused(f"ray engine: {shards.done} of {total} catalog rows came back")
-    return EncodedCatalog(shards.ids, shards.vectors, collector.finish(), "ray")
 
 
 def _prepare(ray: Any, options: RayOptions, what: str) -> tuple[Any, int]:
@@ -308,7 +305,6 @@ class _Shards:
     ids: list[str]
     vectors: np.ndarray
     attrs: list[Mapping[str, Any]]
-    done: int  # rows that came back, dropped ones included
 
 
 def _collect(
@@ -352,7 +348,9 @@ def _collect(
         " / ".join(f"{100 * n / max(done, 1):.0f}%" for _, n in sorted(per_node.items())),
         json.dumps(dict(sorted(per_node.items()))),
     )
-    return _Shards(ids, vectors[: len(ids)], attr_rows, done)
+    if done != total:  # dropped rows included: every catalog row must come back once
+        raise BuildRefused(f"ray engine: {done} of {total} catalog rows came back")
+    return _Shards(ids, vectors[: len(ids)], attr_rows)
 
 
 def _parquet_meta(files: list[Path], schema: Any) -> tuple[int, int, set[str]]:

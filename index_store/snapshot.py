@@ -124,17 +124,12 @@ class Snapshot:
             return [search_filtered(self, q[i], k, banned[i], allowed, exact_below) for i in range(nq)]
         want = [min(k, self.size - len(b)) for b in banned]
         fetch = min(self.size, k * (LOSSY_FETCH if self.lossy else 1) + max(len(b) for b in banned))
-        # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.
-        set_faiss_threads(self.threads)
-        iq = pad_queries(q, self.index.d)  # the MIPS coordinate of a dot model's ANN index (build.py)
-        scores, rows = self.index.search(iq, fetch, params=self._params)
-        scores, rows = self.exact_scores(q, scores, rows)
+        scores, rows = self._candidates(q, fetch, self._params)
         out = [self._pick(scores[i], rows[i], banned[i], want[i]) for i in range(nq)]
         short = [i for i in range(nq) if len(out[i]) < want[i]]
         if short and self.kind in (IVF, HNSW):
             wider = {name: value * _WIDEN for name, value in self.search_params.items()}
-            scores, rows = self.index.search(iq[short], fetch, params=search_parameters(self.kind, wider))
-            scores, rows = self.exact_scores(q[short], scores, rows)
+            scores, rows = self._candidates(q[short], fetch, search_parameters(self.kind, wider))
             for j, i in enumerate(short):
                 out[i] = self._pick(scores[j], rows[j], banned[i], want[i])
             short = [i for i in short if len(out[i]) < want[i]]
@@ -156,9 +151,7 @@ class Snapshot:
         excluded = [e if isinstance(e, set | frozenset) else set(e) for e in exclude] if exclude else None
         extra = max((len(e) for e in excluded), default=0) if excluded else 0
         fetch = min(self.size, k * (LOSSY_FETCH if self.lossy else 1) + extra)
-        set_faiss_threads(self.threads)
-        scores, rows = self.index.search(pad_queries(q, self.index.d), fetch, params=self._params)
-        scores, rows = self.exact_scores(q, scores, rows)
+        scores, rows = self._candidates(q, fetch, self._params)
         out: list[list[tuple[str, float]]] = []
         for i in range(q.shape[0]):
             keep = rows[i] >= 0
@@ -169,6 +162,16 @@ class Snapshot:
                 found = ((item, s) for item, s in found if item not in banned)  # type: ignore[assignment]
             out.append(list(itertools.islice(found, k)))
         return out
+
+    def _candidates(
+        self, q: np.ndarray, fetch: int, params: faiss.SearchParameters | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The index's top-`fetch` (scores, rows) per query, rescored exactly when the codes are lossy."""
+        # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.
+        set_faiss_threads(self.threads)
+        iq = pad_queries(q, self.index.d)  # the MIPS coordinate of a dot model's ANN index (build.py)
+        scores, rows = self.index.search(iq, fetch, params=params)
+        return self.exact_scores(q, scores, rows)
 
     def vectors_for(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors of `item_ids` ([n, dim], zeros where unknown) and a mask of which were found."""

@@ -48,6 +48,9 @@ class IndexSettings(BaseModel):
     # nice 0 with 2 threads a 1M rebuild pushed /recall p99 from 5.4 ms to 878 ms; at nice 19 the
     # build starved under load (~90 s).
     build_child_threads: int = Field(1, ge=1)
+    # "idle": Linux SCHED_IDLE, the child runs only on CPU no request wants and is preempted at
+    # once when one does (app/reindex/cpu.py); "normal": the default class at `build_nice`.
+    build_sched: Literal["idle", "normal"] = "idle"
     build_nice: int = Field(19, ge=0, le=19)
     build_cpu_share: float = Field(1.0, gt=0, le=1)
     # Who encodes the catalog: "local" (this process) or "ray" (Ray Data on a cluster; the `ray`

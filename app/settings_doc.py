@@ -51,7 +51,9 @@ DESCRIPTIONS = {
     "INDEX__BUILD_THREADS": "ONNX Runtime and Faiss threads of a build run by hand (`twotower reindex`)",
     "INDEX__KEEP_BUILDS": "builds kept per version (the current one is never pruned)",
     "INDEX__BUILD_CHILD_THREADS": "threads of the worker's build child, beside the serving processes",
-    "INDEX__BUILD_NICE": "niceness of the worker's build child",
+    "INDEX__BUILD_SCHED": "scheduling class of the worker's build child: `idle` (Linux SCHED_IDLE: only CPU "
+    "no request wants) or `normal` (at `BUILD_NICE`)",
+    "INDEX__BUILD_NICE": "niceness of the worker's build child when `BUILD_SCHED=normal`",
     "INDEX__BUILD_CPU_SHARE": "share of the wall clock the worker's build child may run "
     "(a SIGSTOP/SIGCONT duty cycle); 1 = no cap",
     "INDEX__MAX_SHRINK": "a build whose catalog is smaller than this share of the current build's is "

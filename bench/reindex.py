@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.reindex.cpu import lower_priority
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # kind -> (exact_threshold, factory): the exact kind for any size, the ANN kinds for any size.
@@ -100,8 +102,10 @@ def run_child(
     threads: int = 2,
     nice: int = 0,
     factory: str | None = None,
+    sched: str = "normal",
 ) -> subprocess.Popen[bytes]:
-    """Start a build child; `finish()` waits for it and parses its JSON line."""
+    """Start a build child at the worker's priority (`sched`, `nice`: app/reindex/cpu.py);
+    `finish()` waits for it and parses its JSON line."""
     cmd = [sys.executable, "-m", "bench.reindex", "--model-store", str(model_store), "--version", version]
     cmd += ["--index-store", str(index_store), "--data", str(data), "--kind", kind, "--threads", str(threads)]
     if factory:
@@ -114,7 +118,7 @@ def run_child(
             env=env,
             stdout=subprocess.PIPE,
             stderr=err,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,  # noqa: PLW1509 - no threads yet
+            preexec_fn=lambda: lower_priority(sched, nice),  # noqa: PLW1509 - no threads yet
         )
 
 

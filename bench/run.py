@@ -72,9 +72,15 @@ class Plan:
     swap_before_s: float
     swap_after_s: float
     swap_users: int = 32
-    # One swap per policy of the build child: (threads, niceness, CPU share; app/reindex/cpu.py).
-    # The first is the worker's default (IndexSettings.build_child_threads / build_nice / share).
-    swap_builds: tuple[tuple[int, int, float], ...] = ((1, 19, 1.0), (1, 0, 1.0), (1, 0, 0.5))
+    # One swap per policy of the build child: (threads, scheduling class, niceness, CPU share;
+    # app/reindex/cpu.py). The first is the worker's default (IndexSettings.build_child_threads /
+    # build_sched / build_nice / build_cpu_share); the others are what it replaced (nice 19) and
+    # the build at full priority on one core (nice 0).
+    swap_builds: tuple[tuple[int, str, int, float], ...] = (
+        (1, "idle", 0, 1.0),
+        (1, "normal", 19, 1.0),
+        (1, "normal", 0, 1.0),
+    )
     recall_queries: int = 500
     pool_users: int = 1000  # distinct users cycled by the load generator
     processes: tuple[int, ...] = (1, 2)  # serving processes of twotower and of the glue peer, side by side
@@ -549,7 +555,7 @@ def measure_score_http(ctx: Context, svc: ServiceProcess) -> dict[str, Any]:
 def measure_swap(ctx: Context) -> None:
     """Full reindexes (new features for every item, same ids) and swaps while /recall runs open loop.
 
-    Once per build policy of `Plan.swap_builds` (threads, niceness, CPU share), the child held to its
+    Once per build policy of `Plan.swap_builds` (threads, class, niceness, CPU share), the child held to its
     share by the worker's own duty cycle; each rebuild alternates between two catalogs so that every
     swap changes the answers.
     """
@@ -596,8 +602,9 @@ def measure_swap(ctx: Context) -> None:
     ctx.results["swap"] = runs
 
 
-def build_label(threads: int, nice: int, share: float) -> str:
-    return f"{threads} thread{'s' if threads > 1 else ''}, nice {nice}" + (
+def build_label(threads: int, sched: str, nice: int, share: float) -> str:
+    priority = "SCHED_IDLE" if sched == "idle" else f"nice {nice}"
+    return f"{threads} thread{'s' if threads > 1 else ''}, {priority}" + (
         f", CPU share {share:g}" if share < 1 else ""
     )
 
@@ -607,13 +614,13 @@ def swap_once(
     svc: ServiceProcess,
     kind: str,
     source: Path,
-    policy: tuple[int, int, float],
+    policy: tuple[int, str, int, float],
     rate: float,
     bodies: Path,
 ) -> dict[str, Any]:
     from app.reindex.cpu import cap
 
-    threads, nice, share = policy
+    threads, sched, nice, share = policy
     plan = ctx.plan
     old_build = svc.health()["index_build"]
     spec = LoadSpec(
@@ -630,9 +637,17 @@ def swap_once(
     try:
         time.sleep(0.5 + plan.swap_before_s)
         t_build0 = time.monotonic()
-        logf = ctx.log_file(f"build-swap-{threads}-{nice}-{share:g}")
+        logf = ctx.log_file(f"build-swap-{threads}-{sched}-{nice}-{share:g}")
         child = run_child(
-            ctx.model_store, ctx.version, ctx.index_root(kind), source, kind, logf, threads=threads, nice=nice
+            ctx.model_store,
+            ctx.version,
+            ctx.index_root(kind),
+            source,
+            kind,
+            logf,
+            threads=threads,
+            nice=nice,
+            sched=sched,
         )
         cycle = cap(child.pid, share)
         try:
@@ -647,8 +662,8 @@ def swap_once(
         load.stop()
     result = load.wait()
     out = analyse_swap(ctx, result, kind, old_build, build, rate, (t_build0, t_build1, t_swapped))
-    label = build_label(threads, nice, share)
-    return {"nice": nice, "threads": threads, "cpu_share": share, "build": label, **out}
+    label = build_label(threads, sched, nice, share)
+    return {"sched": sched, "nice": nice, "threads": threads, "cpu_share": share, "build": label, **out}
 
 
 def wait_for_build(svc: ServiceProcess, build_id: str, timeout_s: float) -> float:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from app.reindex import child
+from app.reindex.cpu import lower_priority
 from app.reindex.engines import RAY, ray_encoder
 from app.settings import Settings
 from models.data import HasTowers
@@ -103,10 +103,9 @@ def reindex(
     from models.manifest import list_versions
 
     config = index_config(settings)
-    if json_progress:  # a worker's child: die with the worker, yield the CPU to requests
+    if json_progress:  # a worker's child: yield the CPU to requests, die with the worker
+        lower_priority(settings.index.build_sched, settings.index.build_nice)  # before any thread
         child.watch_parent()
-        if settings.index.build_nice:
-            os.nice(settings.index.build_nice)
         config = dataclasses.replace(config, threads=settings.index.build_child_threads)
     set_faiss_threads(config.threads)
     versions = (

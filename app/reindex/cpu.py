@@ -1,12 +1,19 @@
 """How much CPU a build child may take beside the serving processes.
 
-Three knobs (IndexSettings): its threads (`build_child_threads`: ONNX Runtime intra-op and Faiss
-OpenMP), its niceness (`build_nice`), and a hard share of the wall clock (`build_cpu_share`): a
-duty cycle that stops the child (SIGSTOP) for the rest of each period once it has run its share
-(SIGCONT). Niceness alone either starves the build under load (nice 19: a 1M build took ~90 s) or
-lets it take both cores (nice 0: /recall p99 162x steady); one thread caps it at one core, and the
-duty cycle caps it below one core whatever the load. A stopped child holds no lock the worker
-cannot renew: the lock is the worker's, renewed by its own heartbeat. See bench/README.md (swap).
+Four knobs (IndexSettings): its threads (`build_child_threads`: ONNX Runtime intra-op and Faiss
+OpenMP), its scheduling class (`build_sched`), its niceness (`build_nice`, for the normal class),
+and a hard share of the wall clock (`build_cpu_share`): a duty cycle that stops the child
+(SIGSTOP) for the rest of each period once it has run its share (SIGCONT).
+
+`build_sched="idle"` (the default) puts the child in Linux's SCHED_IDLE class: it runs only on CPU
+time no other task wants, and a request's thread that wakes up preempts it at once. Niceness is
+only a weight: a nice-19 build keeps the core until the scheduler's next decision, so a request
+arriving on that core waits behind it (measured in the swap step of bench/README.md). Neither
+starves the build while the servers leave a core idle; under saturation both do, by design (the
+last good build keeps serving). Nice 0 lets it take a whole core (with 2 threads, both: /recall
+p99 162x steady); one thread caps it at one core, and the duty cycle caps it below one core
+whatever the load. A stopped child holds no lock the worker cannot renew: the lock is the
+worker's, renewed by its own heartbeat.
 """
 
 from __future__ import annotations
@@ -17,6 +24,15 @@ import signal
 import threading
 
 PERIOD_S = 0.1  # short enough that a request never waits a whole period behind the build
+
+
+def lower_priority(sched: str, nice: int) -> None:
+    """In the build child, before it starts any thread (threads inherit the class when created):
+    SCHED_IDLE for `sched="idle"`, else `nice` added to its niceness."""
+    if sched == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif nice:
+        os.nice(nice)
 
 
 class DutyCycle(threading.Thread):

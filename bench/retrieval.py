@@ -41,7 +41,7 @@ from bench.report import fmt, table
 from bench.server import ServiceProcess
 
 if TYPE_CHECKING:
-    from bench.run import Context
+    from bench.context import Context
 
 log = logging.getLogger("bench")
 K = 100
@@ -166,7 +166,7 @@ def _distinct(flt: dict[str, Any], j: int) -> dict[str, Any]:
 
 
 def _user_ids(ctx: Context, n: int) -> list[str]:
-    from bench.run import user_rows
+    from bench.context import user_rows
 
     return [str(u["user_id"]) for u in user_rows(ctx.data, n)]
 

@@ -9,9 +9,22 @@ import os
 import platform
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from bench.plot import plot
+from bench.results import (
+    ann_kind,
+    build_of,
+    fmt,
+    http_run,
+    in_thread_label,
+    server_label,
+    swap_runs,
+    table,
+)
+from bench.targets import targets
 
 log = logging.getLogger(__name__)
 START = "<!-- results:start -->"
@@ -60,225 +73,15 @@ def machine_info() -> dict[str, Any]:
 # --- Markdown ------------------------------------------------------------------------------------
 
 
-def fmt(x: Any, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if abs(x) >= 1000:
-            return f"{x:,.0f}"
-        if abs(x) >= 100:
-            return f"{x:.0f}"
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _http_run(
-    results: Mapping[str, Any],
-    kind: str | None,
-    in_thread: bool | None = None,
-    server: str = "twotower",
-    processes: int = 1,
-) -> Mapping[str, Any] | None:
-    """The served variant with these settings (`in_thread` None: the default setting)."""
-    runs: list[Mapping[str, Any]] = results.get("http", [])
-    for run in runs:
-        if (
-            (kind is None or run["kind"] == kind)
-            and run["compute_in_thread"] == in_thread
-            and run.get("server", "twotower") == server
-            and run.get("processes", 1) == processes
-        ):
-            return run
-    return None
-
-
-def _most_processes(results: Mapping[str, Any], kind: str | None, server: str) -> Mapping[str, Any] | None:
-    """The default variant of `server` with the most processes that ran."""
-    runs = [
-        r
-        for r in results.get("http", [])
-        if r["kind"] == kind and r.get("server", "twotower") == server and r["compute_in_thread"] is None
-    ]
-    return max(runs, key=lambda r: r.get("processes", 1)) if runs else None
-
-
-def _procs(run: Mapping[str, Any]) -> str:
-    n = run.get("processes", 1)
-    return f"{n} process" + ("es" if n > 1 else "")
-
-
-def swap_runs(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    swap = results.get("swap") or []
-    return [swap] if isinstance(swap, Mapping) else list(swap)
-
-
-def build_of(sw: Mapping[str, Any]) -> str:
-    """The build child's policy of one swap run (runs from before the policies name only nice)."""
-    return str(sw.get("build") or f"nice {sw['nice']}")
-
-
-def ann_kind(results: Mapping[str, Any]) -> str | None:
-    kinds = results.get("plan", {}).get("kinds", [])
-    return next((k for k in kinds if k != "exact"), kinds[0] if kinds else None)
-
-
-def targets(results: Mapping[str, Any]) -> list[list[Any]]:
-    """[target, goal, measured, verdict] rows; the verdict is only given on a 1M-item run."""
-    items = results.get("plan", {}).get("items", 0)
-    judged = items >= 1_000_000
-    kind = ann_kind(results)
-    rows: list[list[Any]] = []
-
-    def add(name: str, goal: str, measured: str, ok: bool | None) -> None:
-        verdict = "–" if ok is None else ("met" if ok else "**missed**") if judged else "(quick run)"
-        rows.append([name, goal, measured, verdict])
-
-    # Issue 12: twotower with every core it is given, and beside it the glue peer with as many.
-    run = _most_processes(results, kind, "twotower")
-    if run:
-        glue = _http_run(results, kind, None, "glue", run.get("processes", 1))
-        beside = f" (glue peer: {fmt(glue['max_rps'])} req/s at {glue['max_at']})" if glue else ""
-        add(
-            f"/recall highest throughput ({kind}, k=100, {_procs(run)})",
-            ">= 3,000 req/s",
-            f"{fmt(run['max_rps'])} req/s at concurrency {run['max_at']}{beside}",
-            run["max_rps"] >= 3000,
-        )
-        half = run["half_rate"]
-        gh = f" (glue peer: {fmt(glue['half_rate']['p99_ms'])} ms at {fmt(glue['half_rate']['rate'])})"
-        add(
-            f"/recall p99 at half that rate ({_procs(run)})",
-            "<= 10 ms (at >= 1,500 req/s)",
-            f"{fmt(half['p99_ms'])} ms at {fmt(half['rate'])} req/s" + (gh if glue else ""),
-            half["p99_ms"] <= 10 and half["rate"] >= 1500,
-        )
-    for n in sorted({r.get("processes", 1) for r in results.get("http", [])}):
-        ours = _http_run(results, kind, None, "twotower", n)
-        glue = _http_run(results, kind, None, "glue", n)
-        if ours and glue:
-            ratio = ours["max_rps"] / glue["max_rps"]
-            add(
-                f"/recall vs the glue peer, {n} process{'es' if n > 1 else ''} each (best concurrency)",
-                ">= 2x",
-                f"{ratio:.2f}x ({fmt(ours['max_rps'])} / {fmt(glue['max_rps'])} req/s)",
-                ratio >= 2,
-            )
-    run = _http_run(results, kind)
-    floor = results.get("compute", {}).get("floor", {}).get(kind)
-    c1 = next((lv for lv in run["levels"] if lv["concurrency"] == 1), None) if run else None
-    if floor and c1:
-        ratio = c1["p50_ms"] / floor["p50_ms"]
-        glue = _http_run(results, kind, None, "glue", 1)
-        g1 = next((lv for lv in glue["levels"] if lv["concurrency"] == 1), None) if glue else None
-        gtext = f"; glue peer {g1['p50_ms'] / floor['p50_ms']:.2f}x ({fmt(g1['p50_ms'])} ms)" if g1 else ""
-        add(
-            "service overhead at p50 (HTTP, 1 in flight / compute floor)",
-            "<= 1.5x",
-            f"{ratio:.2f}x ({fmt(c1['p50_ms'])} / {fmt(floor['p50_ms'])} ms{gtext})",
-            ratio <= 1.5,
-        )
-    tuned = next(
-        (
-            st
-            for st in results.get("compute", {}).get("recall", {}).get(kind, {}).get("settings", [])
-            if st["tuned"]
-        ),
-        None,
-    )
-    if tuned:
-        add(
-            f"ANN recall@100 on user queries at the served setting ({kind})",
-            ">= 0.95",
-            f"{tuned['recall']:.3f} at {tuned['param']}={tuned['value']}",
-            tuned["recall"] >= 0.95,
-        )
-    score = results.get("compute", {}).get("score")
-    if score:
-        add(
-            "/score compute, tile-once vs naive, 1000 candidates",
-            ">= 50x",
-            f"{score['ratio_p50']:.0f}x (user tower alone: {score['tower_ratio_p50']:.0f}x)",
-            score["ratio_p50"] >= 50,
-        )
-    build = results.get("reindex", {}).get(kind)
-    if build:
-        add(
-            f"re-encode + index {fmt(build['items'])} items ({kind})",
-            "<= 15 s (machine idle)",
-            f"{build['wall_s']:.1f} s",
-            build["wall_s"] <= 15,
-        )
-    mem = results.get("memory") or {}
-    if "ratio_pss" in mem:
-        one, two = mem["runs"]["1"], mem["runs"]["2"]
-        add(
-            "--workers 2: resident memory (PSS) of the whole service / 1 worker",
-            "<= 1.3x",
-            f"{mem['ratio_pss']:.2f}x ({fmt(two['pss_mb'])} / {fmt(one['pss_mb'])} MB; "
-            f"RSS {mem['ratio_rss']:.2f}x)",
-            mem["ratio_pss"] <= 1.3,
-        )
-    swaps = swap_runs(results)
-    if swaps:
-        failed = sum(sw["failed"] for sw in swaps)
-        add("swap under load: failed requests", "0", f"{fmt(failed)} in {len(swaps)} swaps", failed == 0)
-        bad = sum(sw["consistency"]["inconsistent"] for sw in swaps)
-        checked = sum(sw["consistency"]["checked"] for sw in swaps)
-        add(
-            "swap under load: responses whose index_build disagrees with their items",
-            "0",
-            f"{fmt(bad)} of {fmt(checked)}",
-            bad == 0,
-        )
-        for sw in swaps:
-            before = sw["phases"]["before"]["p99_ms"]
-            phases = (("whole", "over the whole window"), ("during_reindex", "while the reindex runs"))
-            phases += (("at_swap", "at the swap"),)
-            for phase, label in phases:
-                if phase not in sw["phases"]:
-                    continue
-                p99 = sw["phases"][phase]["p99_ms"]
-                if not math.isnan(p99):
-                    add(
-                        f"swap under load: p99 {label} / steady state (build: {build_of(sw)})",
-                        "<= 2x",
-                        f"{p99 / before:.1f}x ({fmt(p99)} / {fmt(before)} ms)",
-                        p99 <= 2 * before,
-                    )
-            if "whole" in sw["phases"]:
-                worst = sw["phases"]["whole"]["max_ms"]
-                add(
-                    f"swap under load: worst request (build: {build_of(sw)})",
-                    "<= 50 ms",
-                    f"{fmt(worst)} ms; build took {fmt(sw['reindex']['wall_s'])} s",
-                    worst <= 50,
-                )
-    from bench import retrieval  # here: it imports this module's table helpers
-
-    for name, goal, measured, ok in retrieval.target_rows(results):
-        add(name, goal, measured, ok)
-    return rows
-
-
 def section_http(results: Mapping[str, Any]) -> str:
     rows = []
     for run in results.get("http", []):
         for lv in run["levels"]:
             rows.append(
                 [
-                    _server(run),
+                    server_label(run),
                     run["kind"],
-                    _in_thread(run),
+                    in_thread_label(run),
                     f"closed, {lv['concurrency']} in flight",
                     lv["p50_ms"],
                     lv["p95_ms"],
@@ -291,9 +94,9 @@ def section_http(results: Mapping[str, Any]) -> str:
         h = run["half_rate"]
         rows.append(
             [
-                _server(run),
+                server_label(run),
                 run["kind"],
-                _in_thread(run),
+                in_thread_label(run),
                 f"open, {fmt(h['rate'])} req/s",
                 h["p50_ms"],
                 h["p95_ms"],
@@ -319,7 +122,15 @@ def section_http(results: Mapping[str, Any]) -> str:
         rows,
     )
     wrk = [
-        [_server(run), run["kind"], w["concurrency"], round(w["rps"]), w["p50_ms"], w["p99_ms"], w["failed"]]
+        [
+            server_label(run),
+            run["kind"],
+            w["concurrency"],
+            round(w["rps"]),
+            w["p50_ms"],
+            w["p99_ms"],
+            w["failed"],
+        ]
         for run in results.get("http", [])
         if (w := run.get("wrk"))
     ]
@@ -330,26 +141,13 @@ def section_http(results: Mapping[str, Any]) -> str:
     return out
 
 
-def _server(run: Mapping[str, Any]) -> str:
-    if run.get("server") == "glue":
-        return f"glue peer, {_procs(run)}"
-    return f"twotower, {_procs(run)}" + (", redis" if run.get("store") == "redis" else "")
-
-
-def _in_thread(run: Mapping[str, Any]) -> str:
-    if run.get("server") == "glue":
-        return "–"
-    v = run["compute_in_thread"]
-    return "default" if v is None else str(v).lower()
-
-
 def section_floor(results: Mapping[str, Any]) -> str:
     comp = results.get("compute", {})
     rows = []
     for kind, f in comp.get("floor", {}).items():
-        run = _http_run(results, kind)
+        run = http_run(results, kind)
         c1 = next((lv for lv in run["levels"] if lv["concurrency"] == 1), None) if run else None
-        glue = _http_run(results, kind, None, "glue", 1)
+        glue = http_run(results, kind, None, "glue", 1)
         g1 = next((lv for lv in glue["levels"] if lv["concurrency"] == 1), None) if glue else None
         tp = comp.get("throughput", {}).get(kind, {})
         rows.append(
@@ -417,7 +215,7 @@ def section_score(results: Mapping[str, Any]) -> str:
                 "–",
             ]
         )
-    run = _http_run(results, ann_kind(results))
+    run = http_run(results, ann_kind(results))
     http = run.get("score") if run else None
     if http:
         one = http["1"]
@@ -551,7 +349,7 @@ def section_recall(results: Mapping[str, Any]) -> str:
 def section_hot_path(results: Mapping[str, Any]) -> str:
     parts = []
     kind = ann_kind(results)
-    a, b = _http_run(results, kind, True), _http_run(results, kind, None)
+    a, b = http_run(results, kind, True), http_run(results, kind, None)
     if a and b:
         rows = []
         for la, lb in zip(a["levels"], b["levels"], strict=False):
@@ -671,77 +469,6 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         if body.strip():
             out.append(f"#### {title}\n\n{body}")
     return "\n\n".join(out) + "\n"
-
-
-# --- plot ----------------------------------------------------------------------------------------
-
-
-def plot(results: Mapping[str, Any], path: Path) -> Path | None:
-    """Latency and throughput per served configuration, and the swap timelines. None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (the `bench` extra): %s not written", path.name)
-        return None
-    from matplotlib.ticker import ScalarFormatter
-
-    swaps = swap_runs(results)
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    lat, thr = axes[0]
-    for run in results.get("http", []):
-        label = f"{_server(run)}, {run['kind']}" + (
-            f", compute_in_thread={_in_thread(run)}" if run["compute_in_thread"] is not None else ""
-        )
-        cs = [lv["concurrency"] for lv in run["levels"]]
-        (line,) = lat.plot(cs, [lv["p50_ms"] for lv in run["levels"]], "o-", label=f"{label} p50")
-        lat.plot(
-            cs, [lv["p99_ms"] for lv in run["levels"]], "s--", color=line.get_color(), label=f"{label} p99"
-        )
-        thr.plot(cs, [lv["rps"] for lv in run["levels"]], "o-", color=line.get_color(), label=label)
-    for ax, title, ylabel in (
-        (lat, "/recall k=100 over HTTP: latency", "latency (ms)"),
-        (thr, "/recall k=100 over HTTP: throughput", "req/s"),
-    ):
-        ax.set_xscale("log", base=2)
-        levels = sorted({lv["concurrency"] for run in results.get("http", []) for lv in run["levels"]})
-        if levels:
-            ax.set_xticks(levels, [str(c) for c in levels])
-        ax.set_xlabel("requests in flight (closed loop)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    lat.set_yscale("log")
-    lat.yaxis.set_major_formatter(ScalarFormatter())
-    for ax, sw in zip(axes[1], [*swaps, None, None][:2], strict=True):
-        if sw is None:
-            ax.set_visible(False)
-            continue
-        tl = sw["timeline"]
-        ax.plot([p["t_s"] for p in tl], [p["p50_ms"] for p in tl], label="p50")
-        ax.plot([p["t_s"] for p in tl], [p["p99_ms"] for p in tl], label="p99")
-        m = sw["marks"]
-        ax.axvspan(
-            m["reindex_start_s"], m["reindex_end_s"], color="orange", alpha=0.15, label="reindex running"
-        )
-        ax.axvline(m["swapped_s"], color="red", linestyle=":", label="new build serving")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("latency (ms), 0.5 s buckets")
-        ax.set_title(f"swap under load: {sw['kind']}, {sw['rate']:.0f} req/s open loop, build {build_of(sw)}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-# --- files ---------------------------------------------------------------------------------------
 
 
 def replace_block(text: str, body: str, start: str = START, end: str = END) -> str:

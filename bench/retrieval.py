@@ -37,7 +37,7 @@ import numpy as np
 
 from bench.catalog import synthetic_items
 from bench.load import LoadProcess, LoadSpec, percentile, run_load, summarize, write_bodies
-from bench.report import fmt, table
+from bench.results import fmt, table
 from bench.server import ServiceProcess
 
 if TYPE_CHECKING:

@@ -38,6 +38,17 @@ from app.settings import Settings
 
 log = logging.getLogger("twotower")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SHM = "/dev/shm"
+
+
+def memory_dir() -> str | None:
+    """/dev/shm where the host has it (a tmpfs), else the default temporary directory.
+
+    Every request updates the processes' metric files through shared memory maps: on a disk
+    filesystem those dirty pages go to disk every few seconds, and a write to a page being written
+    back waits for it (ext4 in ordered mode can hold it behind a build's fsync of hundreds of MB).
+    """
+    return SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK | os.X_OK) else None
 _STOP_S = 30.0  # after the drain: how long a process may take to finish before it is killed
 _RESTART_S = 1.0  # pause before a crashed process is started again (no tight crash loop)
 
@@ -106,7 +117,7 @@ class Supervisor:
 
     def run(self) -> int:
         own_dir = MULTIPROC_ENV not in os.environ
-        mdir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="twotower-metrics-")
+        mdir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="twotower-metrics-", dir=memory_dir())
         os.environ[MULTIPROC_ENV] = mdir  # before prometheus_client is imported: it reads it then
         # Preload: imported once here, shared copy-on-write by every forked process.
         import app.main  # noqa: F401

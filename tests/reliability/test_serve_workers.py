@@ -67,6 +67,10 @@ def test_two_processes_one_port(
         assert r.status_code == 200, r.text
     for _ in range(6):
         assert requests_counted(srv) == n
+    # Their metric files are memory maps on the host's tmpfs, not on a disk filesystem.
+    for p in procs:
+        files = {m.path for m in p.memory_maps() if "twotower-metrics-" in m.path}
+        assert files and all(f.startswith("/dev/shm/") for f in files), files
     # One reindex worker for the service, in one of the two processes; both swap to its build.
     workers = srv.get("/admin/worker", headers=ADMIN).json()["workers"]
     assert len(workers) == 1 and workers[0]["pid"] in {p.pid for p in procs}, workers

@@ -6,7 +6,9 @@ and a hard share of the wall clock (`build_cpu_share`): a duty cycle that stops 
 (SIGSTOP) for the rest of each period once it has run its share (SIGCONT).
 
 `build_sched="idle"` (the default) puts the child in Linux's SCHED_IDLE class: it runs only on CPU
-time no other task wants, and a request's thread that wakes up preempts it at once. Niceness is
+time no other task wants, and a request's thread that wakes up preempts it at once (since Linux
+5.4 the scheduler also counts a CPU that runs only SCHED_IDLE tasks as idle when it places a waking
+task: LWN, "Fixing SCHED_IDLE"). Niceness is
 only a weight: a nice-19 build keeps the core until the scheduler's next decision, so a request
 arriving on that core waits behind it (measured in the swap step of bench/README.md). Neither
 starves the build while the servers leave a core idle; under saturation both do, by design (the

@@ -49,6 +49,8 @@ def memory_dir() -> str | None:
     back waits for it (ext4 in ordered mode can hold it behind a build's fsync of hundreds of MB).
     """
     return SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK | os.X_OK) else None
+
+
 _STOP_S = 30.0  # after the drain: how long a process may take to finish before it is killed
 _RESTART_S = 1.0  # pause before a crashed process is started again (no tight crash loop)
 

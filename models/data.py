@@ -571,9 +571,40 @@ class CatalogFile(Iterator[dict[str, Any]]):
         if self.path.suffix == ".jsonl" and not self.keep_others and plain:
             yield from self._jsonl_batches(size)
             return
+        if self.path.suffix == ".parquet" and not self.keep_others and plain:
+            yield from self._parquet_batches(size)
+            return
         names = list(self.columns if keys is None else keys)
         for chunk in _chunks(self, size):
             yield CatalogBatch({c: [r.get(c) for r in chunk] for c in names}, len(chunk))
+
+    def _parquet_batches(self, size: int) -> Iterator[CatalogBatch]:
+        """Arrow record batches of the file's schema columns, converted a column at a time
+        (`arrow_catalog_batch`, what the Ray engine's actors run): per row in Python, the
+        conversion was most of a Parquet catalog's encoding time (measured 0.98 against 0.39 s
+        for 200k rows of the demo catalog)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, columns = self.path, self.columns
+        try:
+            pf = pq.ParquetFile(path)
+            names = set(pf.schema_arrow.names)
+            batches = pf.iter_batches(batch_size=size, columns=[c for c in columns if c in names])
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+        first = 1
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:
+                raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+            if batch is None:
+                return
+            if first == 1 and batch.num_rows:  # as the row path, on its first row
+                _check_header(path, names, columns, {})
+            yield arrow_catalog_batch(batch, columns, self.id_column, str(path), first)
+            first += batch.num_rows
 
     def _jsonl_batches(self, size: int) -> Iterator[CatalogBatch]:
         path, columns = self.path, self.columns

@@ -444,3 +444,45 @@ def test_an_arrow_batch_raises_the_row_paths_error(
     assert str(by_batch.value) == str(by_row.value)
     row = 1 if types else 3
     assert str(by_row.value).startswith(f"{path}:row {row}: ") and message in str(by_row.value)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000])
+@pytest.mark.parametrize("types", [{}, {"item_id": pa.int64(), "tags": pa.list_(pa.int64())}])
+def test_parquet_catalog_batches_hold_the_rows_of_the_row_path(
+    tmp_path: Path, schema: SchemaFile, size: int, types: dict[str, pa.DataType]
+) -> None:
+    """The local engine's Parquet batches: the converter above, batch after batch of the file
+    (integer ids and tags: every batch through the per-row conversion)."""
+    data = dataset(tmp_path, ("jsonl", "parquet", "jsonl"))
+    rows = [{**r, "item_id": n if types else f"i{n}"} for n, r in enumerate(NULLS * 300)]
+    if types:
+        rows = [{**r, "tags": None if r["tags"] is None else [7] * len(r["tags"])} for r in rows]
+    pq.write_table(_arrow_table(rows, **types), data / "catalog.parquet", row_group_size=500)
+    expected = list(catalog_rows(data, schema=schema))
+    assert len(expected) == len(rows)
+    got = _batches_as_rows(data, schema, size)
+    assert got == expected
+    assert [{k: type(v) for k, v in r.items()} for r in got] == [
+        {k: type(v) for k, v in r.items()} for r in expected
+    ]
+
+
+def test_parquet_catalog_batches_raise_the_row_paths_error(tmp_path: Path, schema: SchemaFile) -> None:
+    data = dataset(tmp_path, ("jsonl", "parquet", "jsonl"))
+    good = [{**ITEMS[n % 2], "item_id": f"i{n}"} for n in range(700)]
+    path = data / "catalog.parquet"
+    pq.write_table(
+        _arrow_table([*good, {**ITEMS[1], "tags": ["a", None]}, *good[:3]]), path, row_group_size=300
+    )
+    with pytest.raises(DataError) as by_row:
+        list(catalog_rows(data, schema=schema))
+    with pytest.raises(DataError) as by_batch:
+        _batches_as_rows(data, schema, 256)
+    assert str(by_batch.value) == str(by_row.value)
+    assert str(by_row.value).startswith(f"{path}:row 701: column 'tags'"), str(by_row.value)
+    pq.write_table(_arrow_table([{k: v for k, v in r.items() if k != "weight"} for r in good]), path)
+    with pytest.raises(DataError) as by_row:
+        list(catalog_rows(data, schema=schema))
+    with pytest.raises(DataError) as by_batch:
+        _batches_as_rows(data, schema, 100)
+    assert str(by_batch.value) == str(by_row.value) and "no column 'weight'" in str(by_row.value)

@@ -104,11 +104,15 @@ def connect(options: RayOptions) -> Any:
     # Ray retries an unreachable GCS for a minute by default; a wrong address should fail sooner.
     os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(int(options.connect_timeout_s)))
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(int(options.connect_timeout_s)))
+    started = time.monotonic()
     try:
         ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: ray's own choice per case
         where = options.address or "a local Ray instance"
         raise TwoTowerError(f"ray engine: cannot connect to {where}: {_first_line(exc)}") from exc
+    # Part of the engine's fixed cost (a one-node Ray started here: its processes start now).
+    what = "connected" if options.address else "started Ray"
+    log.info("ray engine: %s in %.1fs", what, time.monotonic() - started)
     return ray
 
 
@@ -329,7 +333,9 @@ def _collect(
     per_node: Counter[str] = Counter()
     done = 0
     drop = pa.array(sorted(dropped), pa.string()) if dropped else None
+    first: float | None = None  # when the first shard came back: the pool's start-up, the first block
     for shard in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        first = first if first is not None else time.monotonic() - started
         rows = shard.num_rows
         for pair in pc.value_counts(shard.column("node")).to_pylist():
             per_node[str(pair["values"])] += int(pair["counts"])
@@ -350,10 +356,12 @@ def _collect(
     log.debug("ray engine: %s", ds.stats())
     elapsed = time.monotonic() - started
     log.info(
-        "ray engine: encoded %d items in %.1fs (%.0f items/s) on %d node(s): %s; rows per node %s",
+        "ray engine: encoded %d items in %.1fs (%.0f items/s; the first shard after %.1fs) on %d "
+        "node(s): %s; rows per node %s",
         done,
         elapsed,
         done / max(elapsed, 1e-9),
+        first or 0.0,
         len(per_node),
         " / ".join(f"{100 * n / max(done, 1):.0f}%" for _, n in sorted(per_node.items())),
         json.dumps(dict(sorted(per_node.items()))),

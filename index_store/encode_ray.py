@@ -5,13 +5,16 @@
       .map_batches(ItemTowerActor, ActorPoolStrategy(size=n))  an ONNX Runtime session per actor
     -> shards of (ids, vectors, filterable values, node) streamed back to the build, in catalog order
 
-The actors (index_store.ray_actor) convert each Parquet row exactly as the local reader does
-(models.data.convert_catalog_rows) and run the same item tower on it; rows the driver streams were
-read by the local engine's own reader and go through the tower as they are. So both engines give
-the same vectors (the ONNX graph is the same per row; tests check them within 1e-6) and the same
-ids in the same order (`preserve_order`). The tower's bytes travel with the actor's constructor: a
-worker node needs the package installed, not the model store. Ray sets OMP_NUM_THREADS=1 in its
-workers; ONNX Runtime's threads are set explicitly on each session instead (`actor_threads`).
+The actors (index_store.ray_actor) convert each Parquet batch a column at a time exactly as the
+local reader converts its rows (models.data.arrow_catalog_batch) and run the local engine's
+per-batch transform and the same item tower on it; rows the driver streams were read by the local
+engine's own reader and go through the tower as they are. So both engines give the same vectors
+(the ONNX graph is the same per row; tests check them within 1e-6) and the same ids in the same
+order (`preserve_order`). The shards come back as Arrow tables (ids, a float32 vector buffer, the
+filterable columns), assembled here without a Python object per vector. The tower's bytes travel
+with the actor's constructor: a worker node needs the package installed, not the model store. Ray
+sets OMP_NUM_THREADS=1 in its workers; ONNX Runtime's threads are set explicitly on each session
+instead (`actor_threads`).
 
 Ray is an extra (`pip install 'twotower[ray]'`): only this module (and the actor, on the workers)
 imports it, and nothing on the serving path imports either.
@@ -36,7 +39,7 @@ import numpy as np
 
 from index_store.attributes import AttributeCollector
 from index_store.encode import EncodedCatalog
-from index_store.ray_actor import ItemTowerActor, row_blocks
+from index_store.ray_actor import ATTR, ItemTowerActor, row_blocks
 from models.data import check_catalog_columns, columns_of
 from models.errors import BuildRefused, DataError, TwoTowerError
 from models.manifest import ITEM_TOWER
@@ -101,11 +104,15 @@ def connect(options: RayOptions) -> Any:
     # Ray retries an unreachable GCS for a minute by default; a wrong address should fail sooner.
     os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(int(options.connect_timeout_s)))
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(int(options.connect_timeout_s)))
+    started = time.monotonic()
     try:
         ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: ray's own choice per case
         where = options.address or "a local Ray instance"
         raise TwoTowerError(f"ray engine: cannot connect to {where}: {_first_line(exc)}") from exc
+    # Part of the engine's fixed cost (a one-node Ray started here: its processes start now).
+    what = "connected" if options.address else "started Ray"
+    log.info("ray engine: %s in %.1fs", what, time.monotonic() - started)
     return ray
 
 
@@ -167,25 +174,23 @@ def encode_with_ray(
         context.target_max_block_size = int(
             min(context.target_max_block_size or 128 << 20, max(1 << 20, data_bytes // (4 * actors)))
         )
+        # One file: the actors are told its path, and Ray Data adds no path column (a copy of the
+        # path in every row, through the object store) for the error location of a bad value.
+        one = str(files[0]) if len(files) == 1 else None
         ds = ray.data.read_parquet(
             [str(f) for f in files],
             columns=columns,
-            include_paths=True,
+            include_paths=one is None,
             num_cpus=options.read_cpus,
         )
-        ds = _encoded(ray, ds, runner, options, actors, batch_size, filterable)
-        shards = _collect(ds, total, manifest.dim, progress, set(drop))
+        ds = _encoded(ray, ds, runner, options, actors, batch_size, filterable, one)
+        shards = _collect(ds, total, manifest.dim, progress, set(drop), collector)
     ids, vectors = shards.ids, shards.vectors
     extra = list(append)
     if extra:
         vectors = np.concatenate([vectors, runner.embed(extra)])
         ids.extend(str(r[schema.item.id_field]) for r in extra)
-    if filterable:
-        rows: Iterable[Mapping[str, Any]] = [*shards.attrs, *extra]
-    else:
-        rows = ({} for _ in range(len(ids)))
-    for _ in collector.watch(rows):
-        pass
+        collector.add_rows(extra)
     return EncodedCatalog(ids, np.ascontiguousarray(vectors), collector.finish(), "ray")
 
 
@@ -221,7 +226,7 @@ def encode_rows_with_ray(
         if total == 0:
             return EncodedCatalog([], np.zeros((0, manifest.dim), np.float32), collector.finish(), "ray")
         _, actors = _prepare(ray, options, f"{total} items from {source}, streamed in {len(refs)} blocks")
-        ds = _encoded(ray, ray.data.from_arrow_refs(refs), runner, options, actors, batch_size, [])
+        ds = _encoded(ray, ray.data.from_arrow_refs(refs), runner, options, actors, batch_size, [], None)
         del refs  # the dataset holds them; its blocks are freed as they are encoded
         shards = _collect(ds, total, manifest.dim, progress, set())
     return EncodedCatalog(shards.ids, shards.vectors, collector.finish(), "ray")
@@ -282,6 +287,7 @@ def _encoded(
     actors: int,
     batch_size: int,
     filterable: list[str],
+    path: str | None,
 ) -> Any:
     return ds.map_batches(
         ItemTowerActor,
@@ -290,6 +296,7 @@ def _encoded(
             "tower": (runner.model_dir / ITEM_TOWER).read_bytes(),
             "threads": options.actor_threads,
             "filterable": filterable,
+            "path": path,
         },
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -304,53 +311,64 @@ def _encoded(
 class _Shards:
     ids: list[str]
     vectors: np.ndarray
-    attrs: list[Mapping[str, Any]]
 
 
 def _collect(
-    ds: Any, total: int, dim: int, progress: Callable[[int], None] | None, dropped: set[str]
+    ds: Any,
+    total: int,
+    dim: int,
+    progress: Callable[[int], None] | None,
+    dropped: set[str],
+    collector: AttributeCollector | None = None,
 ) -> _Shards:
-    """Run the dataset and assemble its shards in order, leaving out the `dropped` ids; logs the
-    rows each node's actors encoded (the split over the cluster)."""
+    """Run the dataset and assemble its shards (Arrow tables, see `ray_actor.shard`) in order,
+    leaving out the `dropped` ids; the shards' filterable columns go to `collector`, as the local
+    engine gives it every batch's. Logs the rows each node's actors encoded (the split)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     started = time.monotonic()
     ids: list[str] = []
     vectors = np.empty((total, dim), dtype=np.float32)
     per_node: Counter[str] = Counter()
-    attr_rows: list[Mapping[str, Any]] = []
     done = 0
-    for shard in ds.iter_batches(batch_format="numpy", batch_size=None):
-        shard_ids = shard["id"].tolist()
-        keep = np.array([i not in dropped for i in shard_ids], dtype=bool) if dropped else None
-        vec = np.asarray(shard["vector"], dtype=np.float32)
-        attrs = shard["attrs"].tolist() if "attrs" in shard else None
-        if keep is not None:
-            shard_ids = [i for i, k in zip(shard_ids, keep, strict=True) if k]
-            vec = vec[keep]
-            attrs = [a for a, k in zip(attrs, keep, strict=True) if k] if attrs is not None else None
-        if len(ids) + len(shard_ids) > total:
+    drop = pa.array(sorted(dropped), pa.string()) if dropped else None
+    first: float | None = None  # when the first shard came back: the pool's start-up, the first block
+    for shard in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        first = first if first is not None else time.monotonic() - started
+        rows = shard.num_rows
+        for pair in pc.value_counts(shard.column("node")).to_pylist():
+            per_node[str(pair["values"])] += int(pair["counts"])
+        if drop is not None:
+            shard = shard.filter(pc.invert(pc.is_in(shard.column("id"), value_set=drop)))
+        n = shard.num_rows
+        if len(ids) + n > total:
             raise BuildRefused(f"ray engine: more rows came back than the catalog's {total}")
-        vectors[len(ids) : len(ids) + len(shard_ids)] = vec
-        ids.extend(shard_ids)
-        if attrs is not None:
-            attr_rows.extend(json.loads(a) for a in attrs)
-        per_node.update(Counter(shard["node"].tolist()))
-        done += len(shard["id"])
+        vec = shard.column("vector").combine_chunks().flatten().to_numpy().reshape(n, dim)
+        vectors[len(ids) : len(ids) + n] = vec
+        ids.extend(shard.column("id").to_pylist())
+        if collector is not None:
+            attrs = [c for c in shard.column_names if c.startswith(ATTR)]
+            collector.add_columns({c[len(ATTR) :]: shard.column(c).to_pylist() for c in attrs}, n)
+        done += rows
         if progress is not None:
             progress(done)
     log.debug("ray engine: %s", ds.stats())
     elapsed = time.monotonic() - started
     log.info(
-        "ray engine: encoded %d items in %.1fs (%.0f items/s) on %d node(s): %s; rows per node %s",
+        "ray engine: encoded %d items in %.1fs (%.0f items/s; the first shard after %.1fs) on %d "
+        "node(s): %s; rows per node %s",
         done,
         elapsed,
         done / max(elapsed, 1e-9),
+        first or 0.0,
         len(per_node),
         " / ".join(f"{100 * n / max(done, 1):.0f}%" for _, n in sorted(per_node.items())),
         json.dumps(dict(sorted(per_node.items()))),
     )
     if done != total:  # dropped rows included: every catalog row must come back once
         raise BuildRefused(f"ray engine: {done} of {total} catalog rows came back")
-    return _Shards(ids, vectors[: len(ids)], attr_rows)
+    return _Shards(ids, vectors[: len(ids)])
 
 
 def _parquet_meta(files: list[Path], schema: Any) -> tuple[int, int, set[str]]:

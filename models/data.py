@@ -506,6 +506,9 @@ class CatalogBatch:
 
     columns: dict[str, list[Any]]
     size: int
+    # Read from Arrow and taken as they are (`arrow_catalog_batch`): the Arrow column of each of
+    # `columns` (id and text columns as strings), whose values are exactly the lists'.
+    arrow: Mapping[str, Any] | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         keys = list(self.columns)
@@ -568,9 +571,40 @@ class CatalogFile(Iterator[dict[str, Any]]):
         if self.path.suffix == ".jsonl" and not self.keep_others and plain:
             yield from self._jsonl_batches(size)
             return
+        if self.path.suffix == ".parquet" and not self.keep_others and plain:
+            yield from self._parquet_batches(size)
+            return
         names = list(self.columns if keys is None else keys)
         for chunk in _chunks(self, size):
             yield CatalogBatch({c: [r.get(c) for r in chunk] for c in names}, len(chunk))
+
+    def _parquet_batches(self, size: int) -> Iterator[CatalogBatch]:
+        """Arrow record batches of the file's schema columns, converted a column at a time
+        (`arrow_catalog_batch`, what the Ray engine's actors run): per row in Python, the
+        conversion was most of a Parquet catalog's encoding time (measured 0.98 against 0.39 s
+        for 200k rows of the demo catalog)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, columns = self.path, self.columns
+        try:
+            pf = pq.ParquetFile(path)
+            names = set(pf.schema_arrow.names)
+            batches = pf.iter_batches(batch_size=size, columns=[c for c in columns if c in names])
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+        first = 1
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:
+                raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+            if batch is None:
+                return
+            if first == 1 and batch.num_rows:  # as the row path, on its first row
+                _check_header(path, names, columns, {})
+            yield arrow_catalog_batch(batch, columns, self.id_column, str(path), first)
+            first += batch.num_rows
 
     def _jsonl_batches(self, size: int) -> Iterator[CatalogBatch]:
         path, columns = self.path, self.columns
@@ -669,20 +703,49 @@ def check_catalog_columns(path: Path, names: Collection[str], schema: HasTowers)
     _check_header(path, set(names), columns_of(schema.item), {})
 
 
-def convert_catalog_rows(
-    rows: Iterable[Mapping[str, Any]], schema: HasTowers, where: str
-) -> Iterator[dict[str, Any]]:
-    """Rows of a Parquet catalog read elsewhere (a Ray Data batch) checked and converted exactly as
-    `catalog_rows` converts the rows of a file: the schema's item columns only, ids as strings."""
-    columns = columns_of(schema.item)
-    id_col = schema.layout.item_id
-    for n, raw in enumerate(rows, 1):
-        loc = f"{where}:row {n}"
-        row = {
-            col: _convert(raw.get(col), ctype, spec, False, loc, col)
-            for col, (ctype, spec) in columns.items()
-        }
-        rid = row.get(id_col)
-        if not isinstance(rid, str) or not rid:
-            raise DataError(f"{loc}: column {id_col!r} must be a non-empty id, got {rid!r}")
-        yield row
+def arrow_catalog_batch(
+    batch: Any,
+    columns: Mapping[str, tuple[Column, FieldSpec | None]],
+    id_column: str,
+    where: str,
+    first_row: int = 1,
+) -> CatalogBatch:
+    """Catalog rows read as Arrow (a pyarrow Table or RecordBatch of a Parquet file: the local
+    reader's or a Ray Data block) as the schema's columns, converted exactly as `catalog_rows`
+    converts the same rows, without a dict per row: a column comes out of Arrow in one call, and
+    when `_convert` would return every value unchanged (see `_unchanged`) it is taken as it is.
+    Integer id and text columns become their decimal text in Arrow first (what `_convert` does
+    per value). Any other value sends the batch through the per-row conversion, which converts it
+    or raises the row path's error, the row named `<where>:row <first_row + i>`. A column the
+    batch lacks is missing (None) in every row: the caller checked that its field has a default.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    names = set(batch.schema.names)
+    out: dict[str, list[Any]] = {}
+    arrays: dict[str, Any] = {}
+    for col, (ctype, _) in columns.items():
+        if col not in names:
+            out[col] = [None] * n
+            arrays[col] = pa.nulls(n)
+            continue
+        array = batch.column(col)
+        if ctype in ("id", "text") and pa.types.is_integer(array.type):
+            array = pc.cast(array, pa.string())
+        out[col] = array.to_pylist()
+        arrays[col] = array
+    if all(_unchanged(out[col], ctype, spec) for col, (ctype, spec) in columns.items()):
+        return CatalogBatch(out, n, arrays)
+    keys = list(out)
+    converted: dict[str, list[Any]] = {c: [] for c in keys}
+    for i, values in enumerate(zip(*out.values(), strict=True)):
+        loc = f"{where}:row {first_row + i}"
+        row = _convert_row(dict(zip(keys, values, strict=True)), columns, False, loc)
+        rid = row.get(id_column)
+        if not isinstance(rid, str) or not rid:  # CatalogFile._check_id's message
+            raise DataError(f"{loc}: column {id_column!r} must be a non-empty id, got {rid!r}")
+        for c in keys:
+            converted[c].append(row[c])
+    return CatalogBatch(converted, n)

@@ -16,6 +16,7 @@ import pytest
 from models.data import (
     Interaction,
     _unchanged_columns,
+    arrow_catalog_batch,
     catalog_rows,
     columns_of,
     load_dataset,
@@ -356,3 +357,132 @@ def test_catalog_batches_without_a_schema_hold_the_asked_keys(tmp_path: Path, sc
     got = [r for b in catalog_rows(data, layout=schema.layout).batches(1, keys) for r in b.rows()]
     assert got == [{k: r.get(k) for k in keys} for r in rows]
     assert got[0]["title"] == "Red Shoe"
+
+
+# --- a Parquet catalog read as Arrow columns (the Ray engine's actors) gives the rows and the errors
+# of the row path, from a column's Arrow values when they need no conversion (`arrow` is then set)
+
+_ARROW = {"item_id": pa.string(), "price_eur": pa.float64(), "weight": pa.int64()}
+_LISTS = {"emb": pa.list_(pa.float64()), "tags": pa.list_(pa.string()), "title": pa.string()}
+
+
+def _arrow_table(rows: Sequence[Mapping[str, Any]], **types: pa.DataType) -> pa.Table:
+    kinds = {**_ARROW, **_LISTS, **types}
+    names = [k for k in kinds if any(k in r for r in rows)]
+    return pa.table({k: pa.array([r.get(k) for r in rows], kinds[k]) for k in names})
+
+
+NULLS = [
+    *ITEMS,
+    {"item_id": "i3", "price_eur": None, "weight": None, "emb": None, "tags": None, "title": None},
+    {"item_id": "i4", "price_eur": 1e30, "weight": -1, "emb": [0.0, 0.0, 0.0, 0.0], "tags": [], "title": ""},
+]
+
+
+@pytest.mark.parametrize(
+    ("rows", "types", "as_read"),
+    [
+        (NULLS, {}, True),  # nulls in every kind of column, empty lists and texts
+        ([{**r, "item_id": n} for n, r in enumerate(NULLS)], {"item_id": pa.int64()}, True),  # int ids
+        ([{**r, "title": 7} for r in ITEMS], {"title": pa.int32()}, True),  # an int text column
+        (NULLS, {"title": pa.large_string(), "tags": pa.large_list(pa.large_string())}, True),
+        (NULLS, {"price_eur": pa.float32(), "emb": pa.list_(pa.float32(), 4)}, True),
+        ([{k: v for k, v in r.items() if k != "price_eur"} for r in NULLS], {}, True),  # has a default
+        ([{**r, "emb": [1, 2, 3, 4]} for r in ITEMS], {"emb": pa.list_(pa.int64())}, False),  # -> floats
+        ([{**r, "tags": [5, 6]} for r in ITEMS], {"tags": pa.list_(pa.int64())}, False),  # -> texts
+    ],
+)
+def test_an_arrow_batch_holds_the_rows_of_the_row_path(
+    tmp_path: Path,
+    schema: SchemaFile,
+    rows: list[dict[str, Any]],
+    types: dict[str, pa.DataType],
+    as_read: bool,
+) -> None:
+    data = dataset(tmp_path, ("jsonl", "parquet", "jsonl"))
+    path = data / "catalog.parquet"
+    table = _arrow_table(rows, **types)
+    pq.write_table(table, path)
+    expected = list(catalog_rows(data, schema=schema))
+    batch = arrow_catalog_batch(table, columns_of(schema.item), "item_id", str(path))
+    assert batch.size == len(rows)
+    assert batch.rows() == expected
+    assert [{k: type(v) for k, v in r.items()} for r in batch.rows()] == [
+        {k: type(v) for k, v in r.items()} for r in expected
+    ]
+    assert (batch.arrow is not None) == as_read
+    if batch.arrow is not None:
+        assert {c: a.to_pylist() for c, a in batch.arrow.items()} == batch.columns
+
+
+@pytest.mark.parametrize(
+    ("change", "types", "message"),
+    [
+        ({"price_eur": float("nan")}, {}, "column 'price_eur': must be a finite number"),
+        ({"price_eur": True}, {"price_eur": pa.bool_()}, "column 'price_eur': expected a number"),
+        ({"tags": ["a", None]}, {}, "column 'tags': expected a list of strings, got None in it"),
+        ({"emb": [1.0, 2.0]}, {}, "column 'emb': expected 4 numbers, got 2"),
+        ({"title": 3.5}, {"title": pa.float64()}, "column 'title': expected text"),
+        ({"item_id": ""}, {}, "column 'item_id': the id must be a non-empty string"),
+        ({"item_id": None}, {}, "column 'item_id' must be a non-empty id, got None"),
+    ],
+)
+def test_an_arrow_batch_raises_the_row_paths_error(
+    tmp_path: Path, schema: SchemaFile, change: dict[str, Any], types: dict[str, pa.DataType], message: str
+) -> None:
+    data = dataset(tmp_path, ("jsonl", "parquet", "jsonl"))
+    path = data / "catalog.parquet"
+    # A column of another Arrow type is wrong in every row (the first one reported); a bad value
+    # of the right type only in the last one.
+    rows = [{**r, **change} for r in ITEMS] if types else [*ITEMS, {**ITEMS[0], "item_id": "i3", **change}]
+    table = _arrow_table(rows, **types)
+    pq.write_table(table, path)
+    with pytest.raises(DataError) as by_row:
+        list(catalog_rows(data, schema=schema))
+    with pytest.raises(DataError) as by_batch:
+        arrow_catalog_batch(table, columns_of(schema.item), "item_id", str(path))
+    assert str(by_batch.value) == str(by_row.value)
+    row = 1 if types else 3
+    assert str(by_row.value).startswith(f"{path}:row {row}: ") and message in str(by_row.value)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000])
+@pytest.mark.parametrize("types", [{}, {"item_id": pa.int64(), "tags": pa.list_(pa.int64())}])
+def test_parquet_catalog_batches_hold_the_rows_of_the_row_path(
+    tmp_path: Path, schema: SchemaFile, size: int, types: dict[str, pa.DataType]
+) -> None:
+    """The local engine's Parquet batches: the converter above, batch after batch of the file
+    (integer ids and tags: every batch through the per-row conversion)."""
+    data = dataset(tmp_path, ("jsonl", "parquet", "jsonl"))
+    rows = [{**r, "item_id": n if types else f"i{n}"} for n, r in enumerate(NULLS * 300)]
+    if types:
+        rows = [{**r, "tags": None if r["tags"] is None else [7] * len(r["tags"])} for r in rows]
+    pq.write_table(_arrow_table(rows, **types), data / "catalog.parquet", row_group_size=500)
+    expected = list(catalog_rows(data, schema=schema))
+    assert len(expected) == len(rows)
+    got = _batches_as_rows(data, schema, size)
+    assert got == expected
+    assert [{k: type(v) for k, v in r.items()} for r in got] == [
+        {k: type(v) for k, v in r.items()} for r in expected
+    ]
+
+
+def test_parquet_catalog_batches_raise_the_row_paths_error(tmp_path: Path, schema: SchemaFile) -> None:
+    data = dataset(tmp_path, ("jsonl", "parquet", "jsonl"))
+    good = [{**ITEMS[n % 2], "item_id": f"i{n}"} for n in range(700)]
+    path = data / "catalog.parquet"
+    pq.write_table(
+        _arrow_table([*good, {**ITEMS[1], "tags": ["a", None]}, *good[:3]]), path, row_group_size=300
+    )
+    with pytest.raises(DataError) as by_row:
+        list(catalog_rows(data, schema=schema))
+    with pytest.raises(DataError) as by_batch:
+        _batches_as_rows(data, schema, 256)
+    assert str(by_batch.value) == str(by_row.value)
+    assert str(by_row.value).startswith(f"{path}:row 701: column 'tags'"), str(by_row.value)
+    pq.write_table(_arrow_table([{k: v for k, v in r.items() if k != "weight"} for r in good]), path)
+    with pytest.raises(DataError) as by_row:
+        list(catalog_rows(data, schema=schema))
+    with pytest.raises(DataError) as by_batch:
+        _batches_as_rows(data, schema, 100)
+    assert str(by_batch.value) == str(by_row.value) and "no column 'weight'" in str(by_row.value)

@@ -166,6 +166,49 @@ def test_two_node_cluster_builds_what_the_local_engine_builds(
 
 
 @pytest.mark.slow
+def test_arrow_types_and_nulls_build_what_the_local_engine_builds(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, ray_cluster: LocalCluster
+) -> None:
+    """The actors convert Parquet columns, not rows: integer ids, large strings and lists, a
+    float year, nulls and empty lists in every column give the local engine's ids, vectors and
+    filterable columns (the attributes the build process collects from the shards)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = list(synthetic_items(manifest, 20_000))
+    table = pa.table(
+        {
+            "item_id": pa.array(range(len(rows)), pa.int64()),  # read as their text
+            "genres": pa.array(
+                [None if n % 5 == 0 else [] if n % 11 == 0 else r["genres"] for n, r in enumerate(rows)],
+                pa.large_list(pa.large_string()),
+            ),
+            "release_year": pa.array(
+                [None if n % 3 == 0 else float(r["release_year"]) for n, r in enumerate(rows)], pa.float64()
+            ),
+            "title": pa.array(
+                [None if n % 7 == 0 else r["title"] for n, r in enumerate(rows)], pa.large_string()
+            ),
+        }
+    )
+    pq.write_table(table, data / "items.parquet", row_group_size=5_000)
+    settings = {"TWOTOWER_INDEX__BATCH_SIZE": "1000"}
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    done = reindex(model_store, data, local, settings=settings)
+    assert done.returncode == 0, done.stderr
+    args = ("--engine", "ray", "--ray-address", ray_cluster.address)
+    done = reindex(model_store, data, ray, *args, settings=settings)
+    assert done.returncode == 0, done.stderr
+    a, b = current(local)[1], current(ray)[1]
+    same_build(a, b, 20_000, manifest.dim)
+    assert np.load(b / "ids.npy")[:3].tolist() == ["0", "1", "2"]
+    with np.load(a / "attributes.npz") as fa, np.load(b / "attributes.npz") as fb:
+        assert sorted(fa.files) == sorted(fb.files) and len(fa.files) >= 4  # genres' 3 arrays, the year
+        for key in fa.files:
+            np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
+    assert len(rows_per_node(done.stderr)) == 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["redis", "jsonl"])
 def test_a_catalog_ray_cannot_read_is_streamed_to_the_cluster(
     source: str,

@@ -72,7 +72,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         config,
         progress=progress,
         # the recall floor is tuned on users through the user tower, as `twotower reindex` does
-        users=sample_users(settings, config.sample_queries, schema),
+        users=lambda: sample_users(settings, config.sample_queries, schema),
     )
     wall = time.monotonic() - started
     manifest = json.loads((Path(args.index_store) / args.version / build_id / "manifest.json").read_text())

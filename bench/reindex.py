@@ -23,11 +23,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# kind -> (exact_threshold, factory): the exact kind for any size, the ANN kinds for any size.
-KINDS: dict[str, tuple[int, str]] = {
+# kind -> (exact_threshold, factory): the exact kind for any size, the ANN kinds for any size;
+# "auto": the kind chosen by measured cost at the floor, as `twotower reindex` builds by default.
+KINDS: dict[str, tuple[int, str | None]] = {
     "exact": (1 << 62, "IVF{nlist},Flat"),
     "ivf": (0, "IVF{nlist},Flat"),
     "hnsw": (0, "HNSW32"),
+    "auto": (0, None),
 }
 
 

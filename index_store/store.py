@@ -18,6 +18,7 @@ any point leaves the previous CURRENT intact.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import itertools
@@ -567,11 +568,33 @@ def _write_data_files(
         (ID_TABLE_FILE, lambda: save_npy(tmp / ID_TABLE_FILE, build_table(id_array))),
         (ATTRIBUTES_FILE, lambda: write_bytes(tmp / ATTRIBUTES_FILE, to_bytes(attributes))),
     ]
-    for name, write in steps:
-        if stop.is_set():
-            break
-        out[name] = write()
+    try:
+        for name, write in steps:
+            if stop.is_set():
+                break
+            out[name] = write()
+    finally:
+        _trim_heap()
     return out, time.monotonic() - started
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc; absent on musl and macOS
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+def _trim_heap() -> None:
+    """Give back what this thread's malloc arena freed. glibc gives a new thread an arena of its
+    own and keeps memory freed there for it: the writer's temporaries (id table, archive bytes)
+    stayed resident beside the index being built, +150 MB of peak RSS at 1M items (measured: 1,139
+    MB against 965 with MALLOC_ARENA_MAX=1 and 992 before the writer thread)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _check_unique(ids: list[str]) -> None:

@@ -347,28 +347,32 @@ class IndexStore:
         try:
             # The files that do not depend on the index (vectors, ids, id table, attributes: ~1 s
             # of CPU at 1M items, mostly in numpy, hashlib and writes, which release the GIL) are
-            # written on a thread while the users are sampled and the index is built. The sampling
-            # runs on one core; Faiss's train and add, on both, lose a little to it.
+            # written on a thread while the users are sampled (Python: one core), and the index
+            # waits for them: Faiss's train and add run OpenMP loops on every core, and a thread
+            # of ours beside them makes each loop wait for its descheduled thread.
             stop = threading.Event()
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="build-write") as pool:
                 data_files = pool.submit(_write_data_files, tmp, ids, vectors, attributes, stop)
                 try:
                     t = time.monotonic()
                     queries = self._user_queries(model_store, model, users, config)
+                    waited = time.monotonic()
+                    written, data_files_s = data_files.result()
+                    waited_s = time.monotonic() - waited
                     built = build_index(vectors, config, queries)
                     index_s = time.monotonic() - t
                 except BaseException:
                     stop.set()  # the writer stops at its next file; the directory is removed below
                     raise
-                t = time.monotonic()
-                written, data_files_s = data_files.result()
+            t = time.monotonic()
             extra_manifest = {"encode_engine": encoded.engine, **(extra_manifest or {})}
             timings = {
                 "encode_s": encode_s,
                 "encode_items_per_s": len(ids) / max(encode_s, 1e-9),
                 "index_s": index_s,
                 **built.timings,
-                "data_files_s": data_files_s,  # on the writer thread, during index_s
+                "data_files_s": data_files_s,  # on the writer thread, while the users were sampled
+                "data_files_wait_s": waited_s,  # what the index waited for them (within index_s)
             }
             manifest = self._write_build(
                 tmp,

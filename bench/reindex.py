@@ -25,11 +25,13 @@ from app.reindex.cpu import lower_priority
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# kind -> (exact_threshold, factory): the exact kind for any size, the ANN kinds for any size.
-KINDS: dict[str, tuple[int, str]] = {
+# kind -> (exact_threshold, factory): the exact kind for any size, the ANN kinds for any size;
+# "auto": the kind chosen by measured cost at the floor, as `twotower reindex` builds by default.
+KINDS: dict[str, tuple[int, str | None]] = {
     "exact": (1 << 62, "IVF{nlist},Flat"),
     "ivf": (0, "IVF{nlist},Flat"),
     "hnsw": (0, "HNSW32"),
+    "auto": (0, None),
 }
 
 
@@ -74,7 +76,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         config,
         progress=progress,
         # the recall floor is tuned on users through the user tower, as `twotower reindex` does
-        users=sample_users(settings, config.sample_queries, schema),
+        users=lambda: sample_users(settings, config.sample_queries, schema),
     )
     wall = time.monotonic() - started
     manifest = json.loads((Path(args.index_store) / args.version / build_id / "manifest.json").read_text())

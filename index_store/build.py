@@ -38,6 +38,7 @@ HNSW = "hnsw"
 KINDS = (EXACT, IVF, HNSW)
 _TIE_EPS = 1e-5  # scores within this (times max(1, |score|)) of the k-th exact score count as hits
 _NORM_RTOL = 1e-4  # norms closer than this (relative) count as equal: no MIPS transform needed
+_NORM_BLOCK = 1 << 14  # rows per block when norms are only reduced (16k x 64 floats: 4 MB)
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,14 @@ def mips_max_norm(vectors: np.ndarray) -> float | None:
     """The largest norm when the norms differ (the MIPS transform is needed), else None."""
     if vectors.shape[0] == 0:
         return None
-    norms = np.linalg.norm(vectors, axis=1)
-    top = float(norms.max())
-    return top if top - float(norms.min()) > _NORM_RTOL * max(top, 1e-12) else None
+    # A block of rows at a time: each row's norm is the same computation (so the same float), and
+    # no [N, dim] temporary is made. At 1M x 64 that temporary was 256 MB of fresh pages, ~0.5 s
+    # of page faults in a build process (measured), for two numbers.
+    top, low = -np.inf, np.inf
+    for start in range(0, vectors.shape[0], _NORM_BLOCK):
+        norms = np.linalg.norm(vectors[start : start + _NORM_BLOCK], axis=1)
+        top, low = max(top, float(norms.max())), min(low, float(norms.min()))
+    return top if top - low > _NORM_RTOL * max(top, 1e-12) else None
 
 
 def mips_augment(vectors: np.ndarray, max_norm: float) -> np.ndarray:

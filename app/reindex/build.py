@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -171,7 +172,8 @@ def reindex(
                 fence=fence,
                 build_id=build_id,
                 progress=progress,
-                users=sample_users(settings, config.sample_queries, schema),
+                # sampled once the catalog is encoded, while the build writes its data files
+                users=functools.partial(sample_users, settings, config.sample_queries, schema),
                 allow_shrink=allow_shrink,
                 extra_manifest={"changes_seq": last_change},
                 encoder=encoder,

@@ -50,3 +50,18 @@ def test_encode_catalog_rejects_missing_id(model_store: Path, manifest: ModelMan
     runner = TowerRunner(model_store / manifest.version, manifest, "item").load()
     with pytest.raises(DataError, match="catalog row 1: item_id"):
         encode_catalog(runner, [{"item_id": "1"}, {"title": "x"}])
+
+
+def test_growing_rows_hold_every_batch_in_order() -> None:
+    """The encoded vectors' buffer across several doublings (it starts at 65,536 rows)."""
+    from index_store.encode import _Rows
+
+    rng = np.random.default_rng(0)
+    batches = [rng.random((n, 8), dtype=np.float32) for n in (1, 4096, 70_000, 0, 3, 100_000, 17)]
+    rows = _Rows(8)
+    for b in batches:
+        rows.append(b)
+    out = rows.array()
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.flags.owndata
+    assert np.array_equal(out, np.concatenate(batches))
+    assert _Rows(8).array().shape == (0, 8)

@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.catalog import synthetic_users
+from index_store.attributes import ATTRIBUTES_FILE
 from index_store.build import IndexConfig
+from index_store.idmap import ID_TABLE_FILE
 from index_store.registry import SnapshotRegistry
-from index_store.store import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, VECTORS_FILE, IndexStore
-from models.errors import ArtifactError, BuildRefused, IndexNotReady, ManifestError
+from index_store.store import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, TMP_PREFIX, VECTORS_FILE, IndexStore
+from models.errors import ArtifactError, BuildRefused, DataError, IndexNotReady, ManifestError
 from models.manifest import ModelManifest, sha256_file
 from models.runtime import TowerRunner
 
@@ -34,8 +37,10 @@ def test_round_trip(tmp_path: Path, model_store: Path, manifest: ModelManifest, 
     assert (m["model_version"], m["build_id"], m["item_count"], m["dim"]) == (version, build_id, 3000, 64)
     assert m["index"]["kind"] == "exact" and m["recall"] is None
     bdir = tmp_path / "index" / version / build_id
-    for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE):
-        assert m["files"][name] == sha256_file(bdir / name)
+    # Every file's digest and size, taken from memory as it was written, are the file's.
+    assert set(m["files"]) == {INDEX_FILE, IDS_FILE, VECTORS_FILE, ID_TABLE_FILE, ATTRIBUTES_FILE}
+    for name, digest in m["files"].items():
+        assert digest == sha256_file(bdir / name) and m["sizes"][name] == (bdir / name).stat().st_size
     assert {"encode_s", "encode_items_per_s", "write_s", "total_s"} <= set(m["timings"])
     # The stored vectors are the item tower's output, and search scores are their inner products.
     rows = list(catalog(3000))[:20]
@@ -59,6 +64,44 @@ def test_ann_build_records_recall(
     assert snap.search_params == snap.manifest["index"]["search_params"]
     out = snap.search(snap.vectors[:3], 50, exclude=[{snap.ids[0]}, set(), set()])
     assert [len(r) for r in out] == [50, 50, 50]
+
+
+def test_users_sampled_once_the_catalog_is_read(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, catalog: Any
+) -> None:
+    """A function for `users` is called after encoding (the data files are written meanwhile)."""
+    events: list[str] = []
+
+    def rows() -> Any:
+        yield from catalog(4000)
+        events.append("catalog read")
+
+    def users() -> Any:
+        events.append("users sampled")
+        return synthetic_users(manifest, 100, seed=0)
+
+    store = IndexStore(tmp_path / "index")
+    store.build(model_store, manifest.version, rows(), ANN, users=users)
+    assert events == ["catalog read", "users sampled"]
+    recall = store.load(manifest.version, manifest).manifest["recall"]
+    assert recall["query_source"] == "users" and recall["queries"] == 100
+
+
+def test_failure_while_indexing_removes_the_written_files(
+    tmp_path: Path, model_store: Path, manifest: ModelManifest, catalog: Any
+) -> None:
+    """The data files are being written when the index phase fails: none of them is left."""
+    store = IndexStore(tmp_path / "index")
+    version = manifest.version
+    first = store.build(model_store, version, catalog(300), IndexConfig())
+
+    def users() -> Any:
+        raise DataError("users.jsonl: not readable")
+
+    with pytest.raises(DataError, match="not readable"):
+        store.build(model_store, version, catalog(3000, seed=1), IndexConfig(), users=users)
+    assert store.current_build(version) == first and store.builds(version) == [first]
+    assert not [p for p in (tmp_path / "index" / version).iterdir() if p.name.startswith(TMP_PREFIX)]
 
 
 def _truncate(bdir: Path, model: ModelManifest) -> ModelManifest:

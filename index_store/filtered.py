@@ -18,13 +18,9 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from index_store.build import EXACT, HNSW, IVF, pad_queries
+from index_store.build import EXACT, HNSW, IVF, LOSSY_FETCH, pad_queries
 from index_store.filter_cache import FilterRows
 from index_store.threads import set_faiss_threads
-
-# Compressed codes (SQ8) mis-rank near the k-th item: fetch this many times k, rescore exactly
-# from the stored vectors (Snapshot.exact_scores), keep the best k.
-LOSSY_FETCH = 2
 
 if TYPE_CHECKING:
     from index_store.snapshot import Snapshot

@@ -61,3 +61,32 @@ def test_every_candidate_row_is_a_served_recall_and_the_returned_index_is_the_me
     params = search_parameters(IVF, built.search_params)
     _, found = served_search(built.index, v, users, K, params, is_lossy(built.index))
     assert recall_of(v, users, found) == pytest.approx(row["recall"], abs=1e-5)
+
+
+@pytest.mark.parametrize("codec", ["Flat", "SQ8"])
+def test_add_by_list_gives_the_index_add_core_gives(codec: str) -> None:
+    """kinds._add appends each list once at its final size; the index is byte for byte Faiss's own
+    add_core's (rows as ids, each list in row order), so the kind search's answer is unchanged."""
+    import faiss
+
+    from index_store.kinds import _add, _assign, _trained_ivf
+
+    v = unit_vectors(20_000, dim=33, clusters=30)  # 33: a MIPS-augmented width
+    base, _, sample = _trained_ivf(v, 64, "Flat", IndexConfig(), np.random.default_rng(0))
+    lists = _assign(base, v)
+
+    def empty() -> faiss.Index:
+        if codec == "Flat":
+            return faiss.clone_index(base)
+        quantizer = faiss.clone_index(faiss.extract_index_ivf(base).quantizer)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, 33, 64, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+        index.train(sample)
+        return index
+
+    theirs, ours = empty(), empty()
+    faiss.extract_index_ivf(theirs).add_core(len(v), faiss.swig_ptr(v), None, faiss.swig_ptr(lists))
+    _add(ours, v, lists)
+    assert ours.ntotal == theirs.ntotal == len(v)
+    assert np.array_equal(faiss.serialize_index(ours), faiss.serialize_index(theirs))

@@ -329,13 +329,22 @@ class IndexStore:
             encoded = encoder(runner, progress)
         else:
             collector = AttributeCollector(model.features.item)
-            ids, vectors = encode_catalog(
-                runner, catalog, batch_size=config.batch_size, progress=progress, collector=collector
+            encoded = EncodedCatalog(
+                *encode_catalog(
+                    runner, catalog, batch_size=config.batch_size, progress=progress, collector=collector
+                ),
+                collector.finish(),
+                "local",
             )
-            encoded = EncodedCatalog(ids, vectors, collector.finish(), "local")
-        ids, vectors, attributes = encoded.ids, encoded.vectors, encoded.attributes
+        id_list, vectors, attributes = encoded.ids, encoded.vectors, encoded.attributes
+        engine = encoded.engine
+        del encoded
         encode_s = time.monotonic() - t
-        _check_unique(ids)
+        _check_unique(id_list)
+        # One unicode array from here on (what ids.npy holds): 10M ids as Python strings are ~0.7
+        # GB, the array ~0.5 GB, and the list is not kept beside it through the kind search.
+        ids = np.array(id_list, dtype=str)
+        del id_list
         if not allow_shrink:
             self._check_shrink(vdir, len(ids), config.max_shrink)
         t = time.monotonic()
@@ -346,7 +355,7 @@ class IndexStore:
         tmp, final = vdir / f"{TMP_PREFIX}{build_id}.{os.getpid()}", vdir / build_id
         tmp.mkdir()
         try:
-            extra_manifest = {"encode_engine": encoded.engine, **(extra_manifest or {})}
+            extra_manifest = {"encode_engine": engine, **(extra_manifest or {})}
             timings = {
                 "encode_s": encode_s,
                 "encode_items_per_s": len(ids) / max(encode_s, 1e-9),
@@ -427,7 +436,7 @@ class IndexStore:
         tmp: Path,
         model: ModelManifest,
         build_id: str,
-        ids: list[str],
+        ids: np.ndarray,
         vectors: np.ndarray,
         attributes: Attributes,
         built: BuiltIndex,
@@ -439,10 +448,9 @@ class IndexStore:
     ) -> str:
         """Write the files and the manifest into `tmp`, fsync them; returns the manifest's sha256."""
         faiss.write_index(built.index, str(tmp / INDEX_FILE))
-        id_array = np.array(ids, dtype=str)
-        np.save(tmp / IDS_FILE, id_array, allow_pickle=False)
+        np.save(tmp / IDS_FILE, ids, allow_pickle=False)
         np.save(tmp / VECTORS_FILE, vectors, allow_pickle=False)
-        np.save(tmp / ID_TABLE_FILE, build_table(id_array), allow_pickle=False)
+        np.save(tmp / ID_TABLE_FILE, build_table(ids), allow_pickle=False)
         (tmp / ATTRIBUTES_FILE).write_bytes(to_bytes(attributes))
         files, sizes = {}, {}
         for name in (*DATA_FILES, ID_TABLE_FILE, ATTRIBUTES_FILE):

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         help="TWOTOWER_INDEX__EXACT_THRESHOLD for the builds (a small smoke run: 0, to build an IVF index)",
     )
     args = p.parse_args(argv)
-    work: Path = args.workdir
+    work: Path = args.workdir.resolve()  # users_only() symlinks into it: a relative target would dangle
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "items": args.items,

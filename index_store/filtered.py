@@ -145,7 +145,7 @@ def _ann(
         params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # stubs lack kwargs
     set_faiss_threads(snap.threads)
     iq = pad_queries(query.reshape(1, -1), snap.index.d)
-    # Compressed codes: fetch twice as many and let the stored vectors pick the best `want`.
+    # Compressed codes: fetch LOSSY_FETCH times as many and let the stored vectors pick the best `want`.
     fetch = min(snap.size, want * LOSSY_FETCH) if snap.lossy else want
     scores, rows = snap.index.search(iq, fetch, params=params)
     scores, rows = snap.exact_scores(query.reshape(1, -1), scores, rows)

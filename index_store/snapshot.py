@@ -142,6 +142,9 @@ class Snapshot:
         extra = max((len(e) for e in excluded), default=0) if excluded else 0
         fetch = min(self.size, k * (LOSSY_FETCH if self.lossy else 1) + extra)
         scores, rows = self._candidates(q, fetch, self._params)
+        # Sorted by score; at most `extra` of a query's rows are excluded: the first k + extra
+        # suffice, and a lossy index's over-fetch is not turned into Python strings.
+        scores, rows = scores[:, : k + extra], rows[:, : k + extra]
         out: list[list[tuple[str, float]]] = []
         for i in range(q.shape[0]):
             keep = rows[i] >= 0

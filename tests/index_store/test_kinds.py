@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -51,7 +53,7 @@ def test_every_candidate_row_is_a_served_recall_and_the_returned_index_is_the_me
     v, users = dense_catalog()
     config = IndexConfig(exact_threshold=0, recall_k=K, sample_queries=200)
     built = build_index(v, config, queries=users)
-    nlist = built.params["nlist"]
+    nlist = round(math.sqrt(len(v)))  # the base; the wide candidate (2x) may be built and win too
     rows = {row["factory"]: row for row in built.params["candidates"] if "recall" in row}
     assert {f"IVF{nlist},Flat", f"IVF{nlist},SQ8"} <= set(rows)
     for factory in rows:  # every candidate was measured as served, and their best cost won

@@ -291,7 +291,11 @@ class RedisServer:
                 (users_only / f.name).write_text("")
             elif not (users_only / f.name).exists():
                 (users_only / f.name).symlink_to(f)
-        self.users, _ = load_into_redis(self.url, users_only)
+        try:
+            self.users, _ = load_into_redis(self.url, users_only)
+        except BaseException:
+            self.__exit__(None, None, None)  # __exit__ is not called when __enter__ raises
+            raise
         return self
 
     def __exit__(

@@ -1,7 +1,7 @@
 """Ten million items on one box: `make bench-10m` (not in CI; `--items` for a smaller run).
 
     python -m bench.tenm [--items 10000000] [--users 2000] [--engines local,ray] [--seconds 10]
-                         [--serve-workers 1,2] [--workdir var/bench-10m]
+                         [--serve-workers 1,2] [--workdir var/bench-10m] [--serve-only]
 
 1. A data directory: N synthetic items (bench.catalog) as one Parquet file, and users with
    histories (users.jsonl, interactions.csv). Generated once per size and kept in the workdir.
@@ -211,8 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="TWOTOWER_INDEX__EXACT_THRESHOLD for the builds (a small smoke run: 0, to build an IVF index)",
     )
+    p.add_argument(
+        "--serve-only",
+        action="store_true",
+        help="skip the reindex: serve the build already in <workdir>/index-<items>-<first engine>",
+    )
     args = p.parse_args(argv)
-    work: Path = args.workdir
+    work: Path = args.workdir.resolve()  # users_only() symlinks into it: a relative target would dangle
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "items": args.items,
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {}
     if args.exact_threshold is not None:
         settings["TWOTOWER_INDEX__EXACT_THRESHOLD"] = str(args.exact_threshold)
-    for engine in args.engines.split(","):
+    for engine in [] if args.serve_only else args.engines.split(","):
         store = work / f"index-{args.items}-{engine}"
         result[engine] = reindex(data, store, engine, work / f"reindex-{engine}.log", settings)
         print(json.dumps(result[engine]), flush=True)

@@ -18,13 +18,9 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from index_store.build import EXACT, HNSW, IVF, pad_queries
+from index_store.build import EXACT, HNSW, IVF, LOSSY_FETCH, pad_queries
 from index_store.filter_cache import FilterRows
 from index_store.threads import set_faiss_threads
-
-# Compressed codes (SQ8) mis-rank near the k-th item: fetch this many times k, rescore exactly
-# from the stored vectors (Snapshot.exact_scores), keep the best k.
-LOSSY_FETCH = 2
 
 if TYPE_CHECKING:
     from index_store.snapshot import Snapshot
@@ -149,7 +145,7 @@ def _ann(
         params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # stubs lack kwargs
     set_faiss_threads(snap.threads)
     iq = pad_queries(query.reshape(1, -1), snap.index.d)
-    # Compressed codes: fetch twice as many and let the stored vectors pick the best `want`.
+    # Compressed codes: fetch LOSSY_FETCH times as many and let the stored vectors pick the best `want`.
     fetch = min(snap.size, want * LOSSY_FETCH) if snap.lossy else want
     scores, rows = snap.index.search(iq, fetch, params=params)
     scores, rows = snap.exact_scores(query.reshape(1, -1), scores, rows)

@@ -19,8 +19,8 @@ import faiss
 import numpy as np
 
 from index_store.attributes import Attributes
-from index_store.build import HNSW, IVF, pad_queries, search_parameters
-from index_store.filtered import LOSSY_FETCH, search_filtered
+from index_store.build import HNSW, IVF, LOSSY_FETCH, is_lossy, pad_queries, rescore, search_parameters
+from index_store.filtered import search_filtered
 from index_store.idmap import IdMap
 from index_store.threads import set_faiss_threads
 
@@ -56,11 +56,8 @@ class Snapshot:
         factory = str(self.manifest.get("index", {}).get("factory", ""))
         if "SQ" in factory or "PQ" in factory:
             return True
-        if self.kind != IVF:
-            return False
         # The kind search (index_store/kinds.py) may pick IVF-SQ8 whatever a caller's manifest says.
-        ivf = faiss.downcast_index(faiss.extract_index_ivf(self.index))
-        return isinstance(ivf, faiss.IndexIVFScalarQuantizer | faiss.IndexIVFPQ)
+        return self.kind == IVF and is_lossy(self.index)
 
     def exact_scores(
         self, query: np.ndarray, scores: np.ndarray, rows: np.ndarray
@@ -68,19 +65,12 @@ class Snapshot:
         """(scores, rows) from the index, rescored from the stored vectors when the codes are lossy.
 
         A compressed index finds the candidates; their scores (and order) come from the stored
-        float32 vectors, so /recall's scores equal /score's and the exact filtered scan's. Sorted
-        descending per query; missing rows (-1) stay last. About 10 us for 200 rows at dim 64.
+        float32 vectors (`build.rescore`), so /recall's scores equal /score's and the exact filtered
+        scan's. Sorted descending per query; missing rows (-1) stay last.
         """
         if not self.lossy:
             return scores, rows
-        q = np.asarray(query, dtype=np.float32).reshape(len(rows), -1)
-        safe = np.where(rows >= 0, rows, 0)
-        exact = np.einsum("bnd,bd->bn", self.vectors[safe.ravel()].reshape(*rows.shape, -1), q)
-        exact[rows < 0] = -np.inf
-        order = np.argsort(-exact, axis=1, kind="stable")
-        return np.take_along_axis(exact, order, axis=1).astype(np.float32), np.take_along_axis(
-            rows, order, axis=1
-        )
+        return rescore(self.vectors, query, scores, rows)
 
     @property
     def size(self) -> int:
@@ -152,6 +142,9 @@ class Snapshot:
         extra = max((len(e) for e in excluded), default=0) if excluded else 0
         fetch = min(self.size, k * (LOSSY_FETCH if self.lossy else 1) + extra)
         scores, rows = self._candidates(q, fetch, self._params)
+        # Sorted by score; at most `extra` of a query's rows are excluded: the first k + extra
+        # suffice, and a lossy index's over-fetch is not turned into Python strings.
+        scores, rows = scores[:, : k + extra], rows[:, : k + extra]
         out: list[list[tuple[str, float]]] = []
         for i in range(q.shape[0]):
             keep = rows[i] >= 0
@@ -166,7 +159,8 @@ class Snapshot:
     def _candidates(
         self, q: np.ndarray, fetch: int, params: faiss.SearchParameters | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The index's top-`fetch` (scores, rows) per query, rescored exactly when the codes are lossy."""
+        """The index's top-`fetch` (scores, rows) per query, rescored exactly when the codes are lossy
+        (what `build.served_search` does for the recall tuning and the kind search's cost)."""
         # omp_set_num_threads is per OS thread with libgomp: set it on the thread that searches.
         set_faiss_threads(self.threads)
         iq = pad_queries(q, self.index.d)  # the MIPS coordinate of a dot model's ANN index (build.py)

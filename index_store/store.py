@@ -18,7 +18,6 @@ any point leaves the previous CURRENT intact.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import itertools
@@ -52,6 +51,7 @@ from index_store.attributes import (
 from index_store.build import KINDS, BuiltIndex, IndexConfig, build_index, kind_of
 from index_store.encode import CatalogEncoder, EncodedCatalog, encode_catalog
 from index_store.hashed import Written, save_npy, write_bytes, write_index
+from index_store.heap import trim_heap
 from index_store.idmap import ID_TABLE_FILE, IdMap, build_table
 from index_store.locking import file_lock, pid_alive
 from index_store.npzmap import map_npz
@@ -332,13 +332,22 @@ class IndexStore:
             encoded = encoder(runner, progress)
         else:
             collector = AttributeCollector(model.features.item)
-            ids, vectors = encode_catalog(
-                runner, catalog, batch_size=config.batch_size, progress=progress, collector=collector
+            encoded = EncodedCatalog(
+                *encode_catalog(
+                    runner, catalog, batch_size=config.batch_size, progress=progress, collector=collector
+                ),
+                collector.finish(),
+                "local",
             )
-            encoded = EncodedCatalog(ids, vectors, collector.finish(), "local")
-        ids, vectors, attributes = encoded.ids, encoded.vectors, encoded.attributes
+        id_list, vectors, attributes = encoded.ids, encoded.vectors, encoded.attributes
+        engine = encoded.engine
+        del encoded
         encode_s = time.monotonic() - t
-        _check_unique(ids)
+        _check_unique(id_list)
+        # One unicode array from here on (what ids.npy holds): 10M ids as Python strings are ~0.7
+        # GB, the array ~0.5 GB, and the list is not kept beside it through the kind search.
+        ids = np.array(id_list, dtype=str)
+        del id_list
         if not allow_shrink:
             self._check_shrink(vdir, len(ids), config.max_shrink)
 
@@ -365,7 +374,7 @@ class IndexStore:
                     stop.set()  # the writer stops at its next file; the directory is removed below
                     raise
             t = time.monotonic()
-            extra_manifest = {"encode_engine": encoded.engine, **(extra_manifest or {})}
+            extra_manifest = {"encode_engine": engine, **(extra_manifest or {})}
             timings = {
                 "encode_s": encode_s,
                 "encode_items_per_s": len(ids) / max(encode_s, 1e-9),
@@ -558,18 +567,17 @@ class IndexStore:
 
 
 def _write_data_files(
-    tmp: Path, ids: list[str], vectors: np.ndarray, attributes: Attributes, stop: threading.Event
+    tmp: Path, ids: np.ndarray, vectors: np.ndarray, attributes: Attributes, stop: threading.Event
 ) -> tuple[dict[str, Written], float]:
     """The build's files that do not depend on its index, each hashed as written and fsynced;
     returns them and the seconds taken. `stop` set: return early (the build failed: its directory
     is removed). Every array is only read here; the index build reads `vectors` meanwhile."""
     started = time.monotonic()
     out: dict[str, Written] = {}
-    id_array = np.array(ids, dtype=str)
     steps: list[tuple[str, Callable[[], Written]]] = [
         (VECTORS_FILE, lambda: save_npy(tmp / VECTORS_FILE, vectors)),
-        (IDS_FILE, lambda: save_npy(tmp / IDS_FILE, id_array)),
-        (ID_TABLE_FILE, lambda: save_npy(tmp / ID_TABLE_FILE, build_table(id_array))),
+        (IDS_FILE, lambda: save_npy(tmp / IDS_FILE, ids)),  # the unicode array ids.npy holds
+        (ID_TABLE_FILE, lambda: save_npy(tmp / ID_TABLE_FILE, build_table(ids))),
         (ATTRIBUTES_FILE, lambda: write_bytes(tmp / ATTRIBUTES_FILE, to_bytes(attributes))),
     ]
     try:
@@ -578,27 +586,8 @@ def _write_data_files(
                 break
             out[name] = write()
     finally:
-        _trim_heap()
+        trim_heap()  # the writer thread's arena kept its temporaries resident
     return out, time.monotonic() - started
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc; absent on musl and macOS
-    except (AttributeError, OSError):
-        return None
-    return trim
-
-
-def _trim_heap() -> None:
-    """Give back what this thread's malloc arena freed. glibc gives a new thread an arena of its
-    own and keeps memory freed there for it: the writer's temporaries (id table, archive bytes)
-    stayed resident beside the index being built, +150 MB of peak RSS at 1M items (measured: 1,139
-    MB against 965 with MALLOC_ARENA_MAX=1 and 992 before the writer thread)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _check_unique(ids: list[str]) -> None:

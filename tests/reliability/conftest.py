@@ -22,6 +22,7 @@ import pytest
 from models.manifest import ModelManifest
 from tests.conftest import RedisServer
 from tests.data import build_index, write_dataset
+from tests.reliability.chaos import NOT_NICE
 from tests.reliability.procs import TOKEN, Proc, Server, clean_env
 
 N_ITEMS = 300
@@ -67,7 +68,7 @@ def own_models(tmp_path: Path, model_store: Path) -> Path:
 
 @pytest.fixture
 def base_env(rel_data: Path, model_store: Path, index_root: Path) -> dict[str, str]:
-    return clean_env(
+    env = clean_env(
         model_store=model_store,
         index_store=index_root,
         data_dir=rel_data,
@@ -77,6 +78,10 @@ def base_env(rel_data: Path, model_store: Path, index_root: Path) -> dict[str, s
         reindex_on_start="false",
         lock_ttl_s=2,
     )
+    # Build children at normal priority: these tests are about faults, and several run builds
+    # while load keeps both cores busy, where the default (SCHED_IDLE) build waits for idle CPU
+    # (a 90 s timeout seen in CI). Yielding the CPU is tested in tests/app/reindex/test_cpu.py.
+    return {**env, **NOT_NICE}
 
 
 @pytest.fixture

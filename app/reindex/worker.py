@@ -165,7 +165,7 @@ class Worker:
             await self._end(job, "failed", error=f"abandoned: its worker stopped {MAX_ATTEMPTS} times")
             return
         token = uuid.uuid4().hex
-        held = {"lock": False}
+        held = {"lock": False, "stop": False}
         beat = asyncio.create_task(self._heartbeat(job, token, held))
         ended = False
         try:
@@ -182,8 +182,7 @@ class Worker:
             self.status["state"] = "building"
             await self._update_owned(job, status="running", lease_s=self.settings.lock_ttl_s)
             build_id, error = await self._build(job, token)
-            beat.cancel()  # and wait, so that no heartbeat lands after the final status
-            await asyncio.wait([beat])
+            await _stop(beat, held)  # and wait, so that no heartbeat lands after the final status
             ended = True
             if build_id is not None:
                 await self._end(job, "succeeded", index_build=build_id)
@@ -203,8 +202,7 @@ class Worker:
                     await asyncio.wait_for(self._hand_back(job), self.settings.redis_timeout_s * 4)
             raise
         except Exception as exc:
-            beat.cancel()  # and wait: no heartbeat after the final status
-            await asyncio.wait([beat])
+            await _stop(beat, held)  # and wait: no heartbeat after the final status
             if not ended:
                 ended = True
                 with contextlib.suppress(StoreUnavailable):
@@ -244,8 +242,10 @@ class Worker:
         """While the job runs: renew its lease, the version's lock once held, the active marker,
         the job's `updated_at` and this worker's status."""
         version = job["model_version"]
-        while True:
+        while not held["stop"]:
             await asyncio.sleep(self.lease_s / 3)
+            if held["stop"]:
+                return
             try:
                 await self._update_owned(job)  # renews the lease; tells `submit` this job is alive
                 if held["lock"] and not await self.store.renew_lock(version, token, self.settings.lock_ttl_s):
@@ -309,6 +309,15 @@ class Worker:
         if self.current is not None and self.current.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.current.terminate()
+
+
+async def _stop(beat: asyncio.Task[None], held: dict[str, bool]) -> None:
+    """End the heartbeat and wait for it. A flag as well as the cancel: a cancellation that lands
+    inside a Redis call can be swallowed (seen: the job stayed "running" with its build published,
+    its lease renewed for ever), and the flag ends the loop at its next step."""
+    held["stop"] = True
+    beat.cancel()
+    await asyncio.wait([beat])
 
 
 async def run_worker(settings: Settings) -> None:

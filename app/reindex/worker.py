@@ -196,6 +196,7 @@ class Worker:
             else:
                 await self._end(job, "failed", error=error)
         except (StoreUnavailable, asyncio.CancelledError):
+            held["stop"] = True  # as in _stop: a swallowed cancel must not leave it renewing
             beat.cancel()
             if not ended:
                 with contextlib.suppress(Exception):
@@ -209,6 +210,7 @@ class Worker:
                     await self._end(job, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            held["stop"] = True
             beat.cancel()
             if held["lock"]:
                 with contextlib.suppress(StoreUnavailable):

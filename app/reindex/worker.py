@@ -314,9 +314,10 @@ class Worker:
 
 
 async def _stop(beat: asyncio.Task[None], held: dict[str, bool]) -> None:
-    """End the heartbeat and wait for it. A flag as well as the cancel: a cancellation that lands
-    inside a Redis call can be swallowed (seen: the job stayed "running" with its build published,
-    its lease renewed for ever), and the flag ends the loop at its next step."""
+    """End the heartbeat and wait for it. A flag as well as the cancel: redis-py can swallow a
+    cancellation that lands inside a command (seen: the job stayed "running" with its build
+    published, its lease renewed for ever). `RedisStore._call` now raises such a cancel again; the
+    flag still ends the loop at its next step should any other await drop one."""
     held["stop"] = True
     beat.cancel()
     await asyncio.wait([beat])

@@ -62,16 +62,21 @@ class RedisStore(FeatureStore):
         self.mirror = AliasFile(alias_file) if alias_file is not None else None
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
         try:
             # The client timeouts cover a socket that stalls; this also covers a connect that hangs.
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
             # lands as the call completes, and a background loop cancelled at shutdown then runs on.
             async with asyncio.timeout(self.timeout_s * 2):
-                return await fn()
+                result = await fn()
         except (redis.RedisError, OSError, TimeoutError) as exc:
+            _honour_cancel(task, asked)  # a cancel the client turned into a connection error
             if self.on_error is not None:
                 self.on_error(op)
             raise StoreUnavailable(f"feature store unavailable ({op}): {type(exc).__name__}") from exc
+        _honour_cancel(task, asked)
+        return result
 
     async def ping(self) -> bool:
         try:
@@ -286,3 +291,15 @@ class RedisStore(FeatureStore):
     def lock_holder(self, version: str) -> str | None:
         """Sync read of the lock's token: the build process's fence before it publishes."""
         return locks.holder(self.url, self.keys.lock(version), self.timeout_s)
+
+
+def _honour_cancel(task: asyncio.Task[Any] | None, asked: int) -> None:
+    """Raise the cancellation that redis-py swallowed. It can: a cancel that lands inside a command
+    (its socket timeouts use `wait_for`, which on Python 3.11 drops a cancel that races the result)
+    comes back as the command's result or as a ConnectionError, and the task runs on. Measured: ~40%
+    of random cancels of a loop of commands (tests/app/state/test_cancellation.py); in CI, a reindex
+    job's heartbeat that renewed its lease for ever. asyncio counts cancel requests, so one made
+    during the call and not withdrawn (`uncancel`, as an `asyncio.timeout` that fired does) shows as
+    a higher count than on entry."""
+    if task is not None and task.cancelling() > asked:
+        raise asyncio.CancelledError

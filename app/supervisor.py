@@ -6,7 +6,7 @@ copy-on-write (measured, 2 processes with no index loaded: 141 MB PSS for the wh
 forked, 191 MB with multiprocessing's spawn). Nothing that starts threads of ours is made before
 the fork (OpenBLAS's own pool handles a fork itself, through pthread_atfork). Each process is a
 whole replica: its own lifespan, ONNX sessions, poll loop and replica record, all made after the
-fork. They share what is on disk: a build's files are memory-mapped (index_store.store), so a
+fork. They share what is on disk: a build's files are memory-mapped (index_store.loading), so a
 second process adds little memory. State that must agree across them lives in Redis (jobs,
 locks, replica records, the change log), so more than one process needs `TWOTOWER_REDIS_URL`.
 

@@ -56,8 +56,8 @@ class Glue:
 
     def __init__(self, model_dir: Path, index_dir: Path, data_dir: Path) -> None:
         from app.catalog import read_users
-        from models.features import TowerEncoder
         from models.manifest import load_version
+        from models.transform import TowerEncoder
 
         manifest = load_version(model_dir.parent, model_dir.name)
         self.version = manifest.version

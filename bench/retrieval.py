@@ -172,7 +172,7 @@ def _user_ids(ctx: Context, n: int) -> list[str]:
 
 
 def _item_ids(build_dir: Path, n: int) -> list[str]:
-    from index_store.store import IDS_FILE
+    from index_store.directory import IDS_FILE
 
     ids = np.load(build_dir / IDS_FILE, mmap_mode="r")
     rows = np.random.default_rng(0).choice(len(ids), min(n, len(ids)), replace=False)

@@ -27,7 +27,8 @@ import numpy as np
 
 from index_store.filter_cache import MaskCache
 from models.errors import ArtifactError
-from models.features import FieldSpec, TowerSchema, string_lists
+from models.features import FieldSpec, TowerSchema
+from models.transform import string_lists
 
 ATTRIBUTES_FILE = "attributes.npz"
 VALUE_KINDS = ("categorical", "hashed", "multi_hot", "sequence")  # filtered by string values

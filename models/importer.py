@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.errors import SchemaError, TowerRefused, VersionExists
-from models.features import FeatureSchema, Side, TowerEncoder
+from models.features import FeatureSchema, Side
 from models.manifest import (
     ITEM_TOWER,
     USER_TOWER,
@@ -35,6 +35,7 @@ from models.manifest import (
 from models.runtime import TowerRunner
 from models.samples import describe_row, sample_rows
 from models.schema import load_schema
+from models.transform import TowerEncoder
 
 SIMILARITIES = ("cosine", "dot")
 FILES: dict[Side, str] = {"user": USER_TOWER, "item": ITEM_TOWER}

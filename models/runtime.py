@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from models.errors import ArtifactError, ManifestError
-from models.features import Side, TowerEncoder
+from models.features import Side
 from models.manifest import ITEM_TOWER, USER_TOWER, ModelManifest
+from models.transform import TowerEncoder
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from models.errors import FeatureError, SchemaError
-from models.features import (
-    KINDS,
-    VOCAB_KINDS,
-    FeatureSchema,
-    FieldSpec,
-    Side,
-    TowerSchema,
-    _token,
-    as_float,
-    check_value,
-)
+from models.features import KINDS, VOCAB_KINDS, FeatureSchema, FieldSpec, Side, TowerSchema, as_float
 from models.layout import DataLayout
+from models.transform import _token, check_value
 
 FORMAT = 1
 COMMON = ("name", "source", "kind", "default", "filterable")

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.features import TowerEncoder
 from models.schema import load_schema
+from models.transform import TowerEncoder
 
 HERE = Path(__file__).resolve().parent
 DIM = 32

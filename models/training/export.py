@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from models.errors import ArtifactError
-from models.features import FeatureSchema, Side, TowerEncoder
+from models.features import FeatureSchema, Side
 from models.manifest import ITEM_TOWER, USER_TOWER, ModelManifest, write_version
 from models.training.towers import Tower, TwoTower, to_tensors
+from models.transform import TowerEncoder
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,13 @@ import torch.nn.functional as F
 
 from models.data import Dataset, load_dataset
 from models.errors import DataError, VersionExists
-from models.features import FeatureSchema, Side, TowerEncoder
+from models.features import FeatureSchema, Side
 from models.manifest import check_tag, new_version_tag
 from models.schema import SchemaFile, load_schema
 from models.training.evaluate import EvalSet, Split, eval_set, evaluate, temporal_split
 from models.training.export import export_version
 from models.training.towers import TwoTower, to_tensors
+from models.transform import TowerEncoder
 
 log = logging.getLogger(__name__)
 

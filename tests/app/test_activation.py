@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.service import Service
-from index_store.store import INDEX_FILE, IndexStore
+from index_store.directory import INDEX_FILE
+from index_store.store import IndexStore
 from tests.app.conftest import make_settings
 from tests.data import build_index
 

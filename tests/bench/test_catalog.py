@@ -15,9 +15,10 @@ from app.catalog import iter_catalog_file, read_users
 from bench import report
 from bench.catalog import synthetic_items, synthetic_users, write_data_dir
 from bench.load import LoadResult, LoadSpec, _run, percentile, summarize
-from models.features import KINDS, TowerEncoder
+from models.features import KINDS
 from models.manifest import ModelManifest
 from models.schema import load_schema
+from models.transform import TowerEncoder
 from tests.conftest import ROOT
 
 

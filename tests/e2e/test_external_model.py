@@ -31,8 +31,8 @@ from torch import nn  # noqa: E402
 
 from app.main import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from models.features import TowerEncoder  # noqa: E402
 from models.manifest import list_versions, load_version  # noqa: E402
+from models.transform import TowerEncoder  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.train]
 

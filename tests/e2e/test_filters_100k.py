@@ -17,7 +17,8 @@ from app.main import create_app
 from app.reindex.build import index_config
 from app.settings import IndexSettings
 from bench.catalog import write_data_dir
-from index_store.store import IDS_FILE, MANIFEST, VECTORS_FILE, IndexStore
+from index_store.directory import IDS_FILE, MANIFEST, VECTORS_FILE
+from index_store.store import IndexStore
 from models.manifest import ModelManifest
 from tests.app.conftest import make_settings
 

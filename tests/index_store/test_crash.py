@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from index_store.build import IndexConfig
-from index_store.store import CURRENT, TMP_PREFIX, IndexStore
+from index_store.directory import CURRENT, TMP_PREFIX
+from index_store.store import IndexStore
 from models.manifest import ModelManifest
 from tests.index_store.conftest import ROOT
 

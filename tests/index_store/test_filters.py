@@ -16,10 +16,11 @@ import pytest
 
 from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, from_bytes, to_bytes
 from index_store.build import IndexConfig, recall_queries
+from index_store.directory import MANIFEST
 from index_store.filter_cache import MaskCache
 from index_store.filters import filter_mask
 from index_store.snapshot import Snapshot
-from index_store.store import MANIFEST, IndexStore
+from index_store.store import IndexStore
 from models.errors import ArtifactError, FeatureError
 from models.features import FieldSpec, TowerSchema
 from models.manifest import ModelManifest

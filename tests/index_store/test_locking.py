@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from index_store.build import IndexConfig
+from index_store.directory import TMP_PREFIX, new_build_id
 from index_store.locking import file_lock
-from index_store.store import TMP_PREFIX, IndexStore, new_build_id
+from index_store.store import IndexStore
 from models.errors import BuildRefused
 
 CONFIG = IndexConfig(sample_queries=20)

@@ -13,8 +13,10 @@ import pytest
 
 from index_store.attributes import ATTRIBUTES_FILE
 from index_store.build import EXACT, HNSW, IVF, IndexConfig, build_index, pad_queries, search_parameters
+from index_store.directory import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, VECTORS_FILE
 from index_store.idmap import ID_TABLE_FILE, IdMap
-from index_store.store import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, MMAP_FLAGS, VECTORS_FILE, IndexStore
+from index_store.loading import MMAP_FLAGS
+from index_store.store import IndexStore
 from models.errors import ArtifactError
 from models.manifest import ModelManifest
 from tests.index_store.test_mips import dot_vectors, users

@@ -14,9 +14,10 @@ import pytest
 from bench.catalog import synthetic_users
 from index_store.attributes import ATTRIBUTES_FILE
 from index_store.build import IndexConfig
+from index_store.directory import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, TMP_PREFIX, VECTORS_FILE
 from index_store.idmap import ID_TABLE_FILE
 from index_store.registry import SnapshotRegistry
-from index_store.store import CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, TMP_PREFIX, VECTORS_FILE, IndexStore
+from index_store.store import IndexStore
 from models.errors import ArtifactError, BuildRefused, DataError, IndexNotReady, ManifestError
 from models.manifest import ModelManifest, sha256_file
 from models.runtime import TowerRunner

@@ -13,8 +13,9 @@ import pytest
 
 from index_store.attributes import ATTRIBUTES_FILE
 from index_store.build import IndexConfig
+from index_store.directory import DATA_FILES, INDEX_FILE, VECTORS_FILE
 from index_store.idmap import ID_TABLE_FILE
-from index_store.store import DATA_FILES, INDEX_FILE, VECTORS_FILE, IndexStore
+from index_store.store import IndexStore
 from index_store.verified import recorded
 from models.errors import ArtifactError
 from models.manifest import ModelManifest

@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models.features import TowerEncoder
 from models.manifest import ITEM_TOWER, USER_TOWER, ModelManifest, list_versions, load_version
+from models.transform import TowerEncoder
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from models.errors import FeatureError
-from models.features import FeatureSchema, FieldSpec, TowerEncoder, TowerSchema, hash_token, word_tokens
+from models.features import FeatureSchema, FieldSpec, TowerSchema
 from models.schema import load_schema
+from models.transform import TowerEncoder, hash_token, word_tokens
 from tests.models.test_schema import MOVIELENS
 
 VOCABS = {

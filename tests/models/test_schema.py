@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from models.errors import SchemaError
-from models.features import KINDS, FeatureSchema, TowerEncoder
+from models.features import KINDS, FeatureSchema
 from models.layout import DataLayout
 from models.manifest import list_versions, load_version
 from models.schema import COMMON, PARAMS, load_schema
+from models.transform import TowerEncoder
 from tests.conftest import DEMO_STORE
 
 ROOT = Path(__file__).resolve().parents[2]

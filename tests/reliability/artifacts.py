@@ -13,7 +13,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index_store.store import CURRENT, DATA_FILES, IDS_FILE, INDEX_FILE, MANIFEST, VECTORS_FILE, new_build_id
+from index_store.directory import (
+    CURRENT,
+    DATA_FILES,
+    IDS_FILE,
+    INDEX_FILE,
+    MANIFEST,
+    VECTORS_FILE,
+    new_build_id,
+)
 
 Mutation = Callable[[Path, dict[str, Any]], None]
 

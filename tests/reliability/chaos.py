@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from index_store.store import CURRENT, MANIFEST, TMP_PREFIX
+from index_store.directory import CURRENT, MANIFEST, TMP_PREFIX
 from index_store.verified import MARKER_PREFIX
 from tests.conftest import RedisServer
 from tests.reliability.procs import ADMIN, Load, Proc, Server, deadline_loop, summary

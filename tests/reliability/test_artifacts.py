@@ -13,7 +13,8 @@ import pytest
 
 from app.reindex.build import index_config
 from app.settings import Settings
-from index_store.store import CURRENT, INDEX_FILE, VECTORS_FILE, IndexStore
+from index_store.directory import CURRENT, INDEX_FILE, VECTORS_FILE
+from index_store.store import IndexStore
 from tests.reliability.artifacts import (
     clone_version,
     copy_build,

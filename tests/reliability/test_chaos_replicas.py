@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from app.state.load import load_into_redis
-from index_store.store import INDEX_FILE, IndexStore
+from index_store.directory import INDEX_FILE
+from index_store.store import IndexStore
 from tests.conftest import RedisServer
 from tests.reliability.artifacts import clone_version, copy_build, current, publish
 from tests.reliability.chaos import assert_no_stuck_job, assert_nothing_half_written

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from index_store.store import TMP_PREFIX, IndexStore
+from index_store.directory import TMP_PREFIX
+from index_store.store import IndexStore
 from models.manifest import ModelManifest, load_version
 from tests.data import write_dataset
 from tests.reliability.artifacts import current

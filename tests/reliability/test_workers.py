@@ -18,7 +18,8 @@ import redis
 
 from app.reindex.jobs import new_job
 from app.state.load import load_into_redis
-from index_store.store import TMP_PREFIX, IndexStore
+from index_store.directory import TMP_PREFIX
+from index_store.store import IndexStore
 from models.manifest import ModelManifest
 from tests.conftest import RedisServer
 from tests.data import write_dataset

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.features import TowerEncoder
 from models.manifest import ITEM_TOWER, USER_TOWER, list_versions, load_version
+from models.transform import TowerEncoder
 
 pytestmark = pytest.mark.train
 torch = pytest.importorskip("torch")

@@ -46,7 +46,7 @@ MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 REQUIRED = ("format", "model_version", "build_id", "item_count", "dim", "index", "files", "item_tower_sha256")
 
 
-class BuildLoader(StoreDirectory):
+class BuildReader(StoreDirectory):
     """IndexStore's load path."""
 
     def load(

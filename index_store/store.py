@@ -8,11 +8,11 @@ encoded, indexed, written and made current).
 
 from __future__ import annotations
 
-from index_store.loading import BuildLoader
+from index_store.loading import BuildReader
 from index_store.publish import BuildPublisher
 
 
-class IndexStore(BuildLoader, BuildPublisher):
+class IndexStore(BuildReader, BuildPublisher):
     """Builds, persists, verifies and loads index builds under one root directory.
 
     store = IndexStore(Path("var/index"))

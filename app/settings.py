@@ -53,6 +53,9 @@ class IndexSettings(BaseModel):
     build_sched: Literal["idle", "normal"] = "idle"
     build_nice: int = Field(19, ge=0, le=19)
     build_cpu_share: float = Field(1.0, gt=0, le=1)
+    # A SCHED_IDLE child that queued for a CPU most of a 10 s window yet ran under this share of a
+    # core (the servers saturate the CPU) moves to the normal class at `build_nice`; 0: never.
+    build_min_share: float = Field(0.05, ge=0, le=1)
     # Who encodes the catalog: "local" (this process) or "ray" (Ray Data on a cluster; the `ray`
     # extra; see docs/SCALE.md). `twotower reindex --engine/--ray-address` override these.
     engine: Literal["local", "ray"] = "local"

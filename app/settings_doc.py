@@ -56,6 +56,8 @@ DESCRIPTIONS = {
     "INDEX__BUILD_NICE": "niceness of the worker's build child when `BUILD_SCHED=normal`",
     "INDEX__BUILD_CPU_SHARE": "share of the wall clock the worker's build child may run "
     "(a SIGSTOP/SIGCONT duty cycle); 1 = no cap",
+    "INDEX__BUILD_MIN_SHARE": "a SCHED_IDLE build child that queued for a CPU most of a 10 s window yet ran "
+    "under this share of a core moves to the normal class at `BUILD_NICE` (0 = never)",
     "INDEX__MAX_SHRINK": "a build whose catalog is smaller than this share of the current build's is "
     'refused (0 = off; override: `reindex --allow-shrink`, `{"allow_shrink": true}`)',
     "INDEX__ENGINE": "who encodes the catalog in a build: `local` or `ray` (the ray extra; docs/SCALE.md)",

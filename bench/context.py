@@ -46,6 +46,10 @@ class Plan:
     score_s: float
     swap_before_s: float
     swap_after_s: float
+    # The swap targets' denominator: one open-loop window at the swap rate with no build, measured
+    # once before the policies (a few seconds of "before" in each run is one burst away from a
+    # p99 that flatters or condemns that run; see bench/swap.py).
+    swap_steady_s: float
     swap_users: int = 32
     # One swap per policy of the build child: (threads, scheduling class, niceness, CPU share;
     # app/reindex/cpu.py). The first is the worker's default (IndexSettings.build_child_threads /
@@ -77,6 +81,7 @@ class Plan:
             score_s=5.0,
             swap_before_s=8.0,
             swap_after_s=8.0,
+            swap_steady_s=30.0,
         )
 
     @classmethod
@@ -96,6 +101,7 @@ class Plan:
             score_s=2.0,
             swap_before_s=3.0,
             swap_after_s=3.0,
+            swap_steady_s=6.0,
             recall_queries=200,
             pool_users=200,
         )

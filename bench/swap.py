@@ -71,6 +71,23 @@ def measure_swap(ctx: Context) -> None:
             port=svc.port, path="/recall", bodies_file=str(bodies), concurrency=8, duration_s=plan.warmup_s
         )
         run_load(warm, ctx.tmp)
+        steady = LoadSpec(
+            port=svc.port,
+            path="/recall",
+            bodies_file=str(bodies),
+            concurrency=64,
+            duration_s=plan.swap_steady_s,
+            rate=rate,
+            warmup_s=1.0,
+        )
+        ctx.results["swap_steady"] = {"rate": rate, **summarize(run_load(steady, ctx.tmp))}
+        log.info(
+            "swap: steady state at %.0f req/s with no build: p50 %.1f ms, p99 %.1f ms, worst %.1f ms",
+            rate,
+            ctx.results["swap_steady"]["p50_ms"],
+            ctx.results["swap_steady"]["p99_ms"],
+            ctx.results["swap_steady"]["max_ms"],
+        )
         for policy, source in zip(plan.swap_builds, itertools.cycle((swap_data, ctx.data)), strict=False):
             log.info("swap under load at %.0f req/s, reindex %s", rate, build_label(*policy))
             runs.append(swap_once(ctx, svc, kind, source, policy, rate, bodies))

@@ -273,7 +273,9 @@ class Worker:
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(proc.stderr.read())
         build_id: str | None = None
-        self.cycle = cpu.cap(proc.pid, self.settings.index.build_cpu_share)
+        ix = self.settings.index
+        self.cycle = cpu.cap(proc.pid, ix.build_cpu_share)
+        starved = cpu.guard(proc.pid, ix.build_sched, ix.build_min_share, ix.build_nice)
         try:
             async for line in proc.stdout:
                 msg = child.parse_line(line)
@@ -298,6 +300,8 @@ class Worker:
             self.current = None
             if self.cycle is not None:
                 self.cycle.stop()  # and resumes the child: a stopped one would never exit
+            if starved is not None:
+                starved.stop()
         if code == 0 and build_id is not None:
             return build_id, None
         last = err.splitlines()[-1] if err else f"exit code {code}"

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from app.reindex.cpu import DutyCycle, cap
+from app.reindex.cpu import DutyCycle, StarvationGuard, cap, guard
 
 BUSY = "while True: pass"
 
@@ -81,6 +81,20 @@ def test_lower_priority_sets_the_class_for_the_child_and_the_threads_it_starts(s
         assert niceness == os.nice(0) + nice
 
 
+def wait_for_class(pid: int, policy: int) -> None:
+    deadline = time.monotonic() + 20
+    while os.sched_getscheduler(pid) != policy:
+        assert time.monotonic() < deadline, "the child never set its class"
+        time.sleep(0.05)
+
+
+def wait_for_niceness(pid: int, nice: int) -> None:
+    deadline = time.monotonic() + 20
+    while os.getpriority(os.PRIO_PROCESS, pid) != nice:
+        assert time.monotonic() < deadline, "the child never set its niceness"
+        time.sleep(0.05)
+
+
 def test_an_idle_class_build_yields_its_core_to_a_busy_normal_process() -> None:
     """Three busy loops on one CPU: a normal one, a nice-19 one and a SCHED_IDLE one. The idle one
     gets several times less than the nice-19 one (which keeps the core for its slice when a
@@ -94,7 +108,10 @@ def test_an_idle_class_build_yields_its_core_to_a_busy_normal_process() -> None:
 
     procs = {"normal": loop("normal", 0), "nice19": loop("normal", 19), "idle": loop("idle", 19)}
     try:
-        time.sleep(0.3)  # all started and pinned
+        # Each in its class before the count starts (a child still importing runs as a normal task).
+        wait_for_class(procs["idle"].pid, os.SCHED_IDLE)
+        wait_for_niceness(procs["nice19"].pid, min(19, os.nice(0) + 19))
+        time.sleep(0.3)  # the normal one is past its imports too (it started first)
         before = {name: on_cpu_s(p.pid) for name, p in procs.items()}
         time.sleep(3.0)
         got = {name: on_cpu_s(p.pid) - before[name] for name, p in procs.items()}
@@ -107,3 +124,56 @@ def test_an_idle_class_build_yields_its_core_to_a_busy_normal_process() -> None:
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+def test_a_starved_idle_build_is_moved_to_the_normal_class() -> None:
+    """A SCHED_IDLE loop pinned beside a busy normal loop on one CPU queues and barely runs: the
+    guard moves it to the normal class at its niceness."""
+    cpu = min(os.sched_getaffinity(0))
+
+    def loop(sched: str, code: str) -> subprocess.Popen[bytes]:
+        start = (
+            f"import os; os.sched_setaffinity(0, {{{cpu}}})\n"
+            f"from app.reindex.cpu import lower_priority; lower_priority({sched!r}, 0)\n"
+        )
+        return subprocess.Popen([sys.executable, "-c", start + code])
+
+    busy, starved = loop("normal", BUSY), loop("idle", BUSY)
+    try:
+        wait_for_class(starved.pid, os.SCHED_IDLE)
+        g = StarvationGuard(starved.pid, 0.05, 19, window_s=1.0)
+        g.start()
+        g.join(20)
+        assert g.promoted_at is not None
+        assert os.sched_getscheduler(starved.pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, starved.pid) == 19
+    finally:
+        for p in (busy, starved):
+            p.kill()
+            p.wait()
+
+
+def test_a_build_that_does_not_queue_for_a_cpu_stays_idle() -> None:
+    """Slow for another reason than the CPU (here it sleeps, as a build does on its files or its
+    lock): it runs under its minimum share but never waits on a run queue, so it is left alone."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from app.reindex.cpu import lower_priority; lower_priority('idle', 0)\n"
+            "import time; time.sleep(60)",
+        ]
+    )
+    try:
+        wait_for_class(proc.pid, os.SCHED_IDLE)
+        g = StarvationGuard(proc.pid, 0.05, 19, window_s=0.5)
+        g.start()
+        time.sleep(2.0)  # four windows
+        g.stop()
+        assert g.promoted_at is None
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+        assert guard(proc.pid, "normal", 0.05, 19) is None  # only SCHED_IDLE children are watched
+        assert guard(proc.pid, "idle", 0.0, 19) is None  # min_share 0: off
+    finally:
+        proc.kill()
+        proc.wait()

@@ -16,6 +16,40 @@ from app.settings import Settings
 log = logging.getLogger("twotower")
 
 
+# What a serving process imports only once it runs (uvicorn picks its loop and protocols in
+# `Config.load`, NumPy's random module is first touched by a request): the supervisor imports them
+# before it forks, so that the processes share them instead of each holding its own copy.
+LATE_IMPORTS = (
+    "uvicorn",
+    "uvicorn.config",
+    "uvicorn.server",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.auto",
+    "uvicorn.loops.uvloop",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.auto",
+    "uvloop",
+    "httptools",
+    "anyio._backends._asyncio",
+    "numpy.random",
+    "logging.config",
+    "app.http_protocol",
+)
+
+
+def preload() -> None:
+    """Import everything a serving process will, before the supervisor forks them (app.supervisor)."""
+    import importlib
+
+    import app.main  # noqa: F401  FastAPI, NumPy, Faiss, ONNX Runtime, the app's own modules
+
+    for name in LATE_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional speedup that is not installed (uvloop, httptools)
+            continue
+
+
 def serve(
     settings: Settings,
     host: str,

@@ -23,6 +23,7 @@ locks, replica records, the change log), so more than one process needs `TWOTOWE
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -121,8 +122,14 @@ class Supervisor:
         own_dir = MULTIPROC_ENV not in os.environ
         mdir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="twotower-metrics-", dir=memory_dir())
         os.environ[MULTIPROC_ENV] = mdir  # before prometheus_client is imported: it reads it then
-        # Preload: imported once here, shared copy-on-write by every forked process.
-        import app.main  # noqa: F401
+        # Preload: imported once here, shared copy-on-write by every forked process. Then the
+        # objects made so far go to the collector's permanent generation (gc.freeze): a collection
+        # in a child would otherwise write to every one of them and copy the pages they sit on.
+        from app.serve import preload
+
+        preload()
+        gc.collect()
+        gc.freeze()
 
         sock = bind(self.host, self.port)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -116,3 +116,15 @@ def test_more_than_one_process_needs_redis(spawn: Callable[..., Any], base_env: 
     srv: Server = spawn("serve", base_env, "api", workers=2)
     assert srv.proc.wait(60) == 2
     assert "--workers above 1 needs TWOTOWER_REDIS_URL" in srv.text()
+
+
+def test_preload_names_what_a_serving_process_imports() -> None:
+    """The supervisor imports these before it forks (app.serve.preload) so that the processes share
+    them; an ImportError is skipped there (optional speedups), so a renamed module would silently
+    stop being shared: every name must import here, where the serving extras are installed."""
+    import importlib
+
+    from app.serve import LATE_IMPORTS
+
+    for name in LATE_IMPORTS:
+        importlib.import_module(name)

@@ -102,8 +102,21 @@ def sweep(ctx: Context, variants: Sequence[Variant], bodies: Path) -> None:
                 rate=rate,
                 warmup_s=0.5,
             )
+            cpu0 = v.svc.cpu_s()
             res = run_load(spec, ctx.tmp)
-            v.half.append({**summarize(res), "behind": res.behind, "rate": rate})
+            cpu = v.svc.cpu_s() - cpu0
+            span = res.window[1] - res.window[0] + spec.warmup_s  # the CPU count covers the warm-up
+            # The server's CPU at this rate: how near saturation "half the best" is (the best closed
+            # loop coalesces work across requests in flight that an open loop at half does not).
+            v.half.append(
+                {
+                    **summarize(res),
+                    "behind": res.behind,
+                    "rate": rate,
+                    "server_cpu_ms_per_req": cpu * 1e3 / max(1.0, rate * span),
+                    "server_cores": cpu / max(1e-9, span),
+                }
+            )
 
 
 LEVEL_KEYS = ("p50_ms", "p95_ms", "p99_ms", "rps", "server_cpu_ms_per_req", "client_cpu_ms_per_req")
@@ -122,15 +135,17 @@ def variant_result(v: Variant) -> dict[str, Any]:
     best = max(levels, key=lambda r: r["rps"])
     half = {
         "rate": v.half[0]["rate"],
-        **median_of(v.half, ("p50_ms", "p95_ms", "p99_ms", "rps")),
+        **median_of(v.half, ("p50_ms", "p95_ms", "p99_ms", "rps", "server_cpu_ms_per_req", "server_cores")),
         "failed": sum(r["failed"] for r in v.half),
     }
     log.info(
-        "%s at %.0f req/s (half the best): p50 %.2f p99 %.2f ms",
+        "%s at %.0f req/s (half the best): p50 %.2f p99 %.2f ms, server CPU %.2f ms/req (%.2f cores)",
         v.label,
         half["rate"],
         half["p50_ms"],
         half["p99_ms"],
+        half["server_cpu_ms_per_req"],
+        half["server_cores"],
     )
     return {
         "label": v.label,

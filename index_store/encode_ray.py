@@ -344,12 +344,14 @@ def _collect(
         n = shard.num_rows
         if len(ids) + n > total:
             raise BuildRefused(f"ray engine: more rows came back than the catalog's {total}")
-        vec = shard.column("vector").combine_chunks().flatten().to_numpy().reshape(n, dim)
-        vectors[len(ids) : len(ids) + n] = vec
+        at = len(ids)
+        for chunk in shard.column("vector").chunks:  # one copy, out of the object store's buffer
+            vectors[at : at + len(chunk)] = chunk.flatten().to_numpy().reshape(len(chunk), dim)
+            at += len(chunk)
         ids.extend(shard.column("id").to_pylist())
         if collector is not None:
             attrs = [c for c in shard.column_names if c.startswith(ATTR)]
-            collector.add_columns({c[len(ATTR) :]: shard.column(c).to_pylist() for c in attrs}, n)
+            collector.add_arrow({c[len(ATTR) :]: shard.column(c) for c in attrs}, n)
         done += rows
         if progress is not None:
             progress(done)

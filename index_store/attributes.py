@@ -140,6 +140,53 @@ class _Field:
         rows = np.repeat(np.arange(first, first + n, dtype=np.int32), lens)
         self.pair_rows.frombytes(rows.tobytes())
 
+    def add_arrow(self, first: int, array: Any) -> bool:
+        """`add_values` of a pyarrow column (no default to apply) without a Python object per row:
+        numbers as float64, strings or lists of strings through a dictionary of their distinct
+        tokens (new ones get codes in first-seen order, as `add_values` gives them). False, having
+        added nothing, for any other type or a list with a missing member: the caller converts
+        that column to Python. The Ray engine's build process collects every shard this way."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        n, kind, t = len(array), self.spec.kind, array.type
+        if kind in NUMBER_KINDS:
+            if not (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)):
+                return False
+            x = np.array(array.to_numpy(zero_copy_only=False), dtype=np.float64)  # a copy; nulls: NaN
+            x[~np.isfinite(x)] = np.nan
+            fast: np.ndarray | tuple[np.ndarray, Any] = x
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            fast = (np.asarray(array.is_valid(), dtype=np.int64), array.drop_null())
+        elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+            pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
+        ):
+            tokens = pc.list_flatten(array)  # a missing list holds none
+            if tokens.null_count:  # `add` skips a missing member: the caller's Python path
+                return False
+            lens = pc.list_value_length(array).fill_null(0)
+            fast = (np.asarray(lens, dtype=np.int64), tokens)
+        else:
+            return False
+        if array.null_count < n:  # a present value, and none is a bool
+            self.any_present = True
+            self.all_bool = False
+        self.bools.frombytes(b"\xff" * n)  # int8 -1: no value is a bool
+        if isinstance(fast, np.ndarray):
+            self.numbers.frombytes(fast.tobytes())
+            return True
+        lens, tokens = fast
+        encoded = tokens.dictionary_encode()  # its dictionary in first-seen order
+        distinct = encoded.dictionary.to_pylist()
+        for tok in distinct:
+            self.codes.setdefault(tok, len(self.codes))
+        code = np.fromiter(map(self.codes.__getitem__, distinct), np.int32, len(distinct))
+        self.pair_codes.frombytes(code[np.asarray(encoded.indices, dtype=np.int64)].tobytes())
+        self.pair_rows.frombytes(np.repeat(np.arange(first, first + n, dtype=np.int32), lens).tobytes())
+        return True
+
     @staticmethod
     def _fast_number(values: list[Any], types: set[type]) -> np.ndarray | None:
         """float64 of `_number` for each value, or None when a value needs `_number` itself."""
@@ -204,14 +251,32 @@ class AttributeCollector:
         """The next `n` rows, given as columns by source key (a key absent: missing in every row)."""
         for f in self._fields:
             column = columns.get(f.spec.source)
-            values = [None] * n if column is None else list(column)
-            if len(values) != n:
-                raise ValueError(f"column {f.spec.source!r} has {len(values)} values, expected {n}")
-            default = f.spec.default
-            if default is not None:
-                values = [default if v is None else v for v in values]
-            f.add_values(self._n, values)
+            self._add(f, [None] * n if column is None else list(column), n)
         self._n += n
+
+    def add_arrow(self, columns: Mapping[str, Any], n: int) -> None:
+        """`add_columns` of pyarrow columns (Arrays or ChunkedArrays), the same result: a column
+        of numbers, strings or lists of strings is taken as arrays (`_Field.add_arrow`), any other
+        (or one with missing values to fill with a default) through its Python values."""
+        for f in self._fields:
+            column = columns.get(f.spec.source)
+            if column is None:
+                self._add(f, [None] * n, n)
+                continue
+            if len(column) != n:
+                raise ValueError(f"column {f.spec.source!r} has {len(column)} values, expected {n}")
+            if (f.spec.default is None or column.null_count == 0) and f.add_arrow(self._n, column):
+                continue
+            self._add(f, column.to_pylist(), n)
+        self._n += n
+
+    def _add(self, f: _Field, values: list[Any], n: int) -> None:
+        if len(values) != n:
+            raise ValueError(f"column {f.spec.source!r} has {len(values)} values, expected {n}")
+        default = f.spec.default
+        if default is not None:
+            values = [default if v is None else v for v in values]
+        f.add_values(self._n, values)
 
     def add_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.add_columns(

@@ -37,6 +37,7 @@ from bench.context import (
     user_rows,
 )
 from bench.http import measure_http
+from bench.machine import machine_info
 from bench.reindex import finish, run_child
 from bench.swap import measure_swap
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.results.update(
         plan=asdict(plan),
         model_version=version,
-        machine=report.machine_info(),
+        machine=machine_info(),
         load_average_at_start=[round(x, 2) for x in load_avg],
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         command="python -m bench.run" + (" --quick" if args.quick else ""),

@@ -14,6 +14,7 @@ from typing import Any
 from bench.index_sections import section_recall, section_reindex, section_swap
 from bench.plot import plot
 from bench.results import fmt, table
+from bench.retrieval_report import section as section_retrieval
 from bench.serving_sections import section_floor, section_hot_path, section_http, section_score
 from bench.targets import targets
 
@@ -61,12 +62,6 @@ def section_machine(results: Mapping[str, Any]) -> str:
     )
 
 
-def _section_retrieval(results: Mapping[str, Any]) -> str:
-    from bench import retrieval
-
-    return retrieval.section(results)
-
-
 def render_markdown(results: Mapping[str, Any]) -> str:
     sections: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
         ("Targets", lambda r: table(["target", "goal", "measured", "verdict"], targets(r))),
@@ -77,7 +72,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         ("Swap under load", section_swap),
         ("ANN recall@100 against exact", section_recall),
         ("Hot-path choices", section_hot_path),
-        ("Filters, /similar and catalog changes", _section_retrieval),
+        ("Filters, /similar and catalog changes", section_retrieval),
     ]
     out = [section_machine(results)]
     for title, fn in sections:

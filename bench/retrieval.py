@@ -18,97 +18,32 @@ Two parts, on the served ANN build of the run's catalog:
    Recall p99 on A with and without the stream, side by side.
 
 The step appends to the index store's change log and removes it afterwards, so later steps see the
-build as it was.
+build as it was. This module holds the step and its first part; the filters it picks are in
+`bench/filter_picks.py`, the second part in `bench/upserts.py`, the report's rows and section in
+`bench/retrieval_report.py`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
-import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
-from bench.catalog import synthetic_items
-from bench.load import LoadProcess, LoadSpec, percentile, run_load, summarize, write_bodies
-from bench.results import fmt, table
+from bench.context import K
+from bench.filter_picks import distinct, pick_filters
+from bench.load import LoadSpec, run_load, summarize, write_bodies
 from bench.server import ServiceProcess
+from bench.upserts import TOKEN, upsert_stream
 
 if TYPE_CHECKING:
     from bench.context import Context
 
 log = logging.getLogger("bench")
-K = 100
-TOKEN = "bench-admin"
 CONCURRENCY = 8  # the side-by-side level: near the best rate of one service on 2 cores
-UPSERT_RATE = 100  # items/s
-UPSERT_BATCH = 10
-PROBE_EVERY_S = 0.02
-FRESH_YEAR = 3000  # upserted items' release_year: 3000 + i, above every built item's
-TARGET_SHARES = {"50%": 0.5, "1%": 0.01}
-
-
-# --- filters -------------------------------------------------------------------------------------
-
-
-def candidate_filters(attributes: Any) -> list[dict[str, Any]]:
-    """Filters on genres and release_year whose shares cover 0.1%..90% in small steps."""
-    from index_store.attributes import NumberColumn, ValuesColumn
-
-    out: list[dict[str, Any]] = []
-    years = attributes.columns.get("release_year")
-    if isinstance(years, NumberColumn):
-        x = years.x[~np.isnan(years.x)]
-        for q in np.linspace(0.001, 0.9, 60):
-            y = float(np.quantile(x, q))
-            out.append({"release_year": {"lt": y}})
-            out.append({"release_year": {"gte": y}})
-    genres = attributes.columns.get("genres")
-    if isinstance(genres, ValuesColumn):
-        counts = np.diff(genres.ptr)
-        order = [str(genres.values[i]) for i in np.argsort(-counts, kind="stable")]
-        for n in range(1, len(order) + 1):
-            out.append({"genres": {"any": order[:n]}})
-        for g in order:  # one genre within a range of years: the selective end
-            if isinstance(years, NumberColumn):
-                x = years.x[~np.isnan(years.x)]
-                for q in (0.05, 0.1, 0.2, 0.3):
-                    out.append({"genres": {"any": [g]}, "release_year": {"lt": float(np.quantile(x, q))}})
-    return out
-
-
-def pick_filters(build_dir: Path, manifest: Any) -> dict[str, dict[str, Any]]:
-    """For each target share, the candidate whose measured share is closest (in ratio)."""
-    from index_store.attributes import ATTRIBUTES_FILE, from_bytes
-    from index_store.filters import filter_mask
-
-    built = json.loads((build_dir / "manifest.json").read_text())
-    n = int(built["item_count"])
-    attributes = from_bytes(
-        (build_dir / ATTRIBUTES_FILE).read_bytes(), built["attributes"], n, str(build_dir)
-    )
-    measured = []
-    for flt in candidate_filters(attributes):
-        mask = filter_mask(flt, manifest.features.item, attributes, max_values=1000)
-        assert mask is not None
-        share = float(mask.mean())
-        if share > 0:
-            measured.append((flt, share))
-    out = {}
-    for label, target in TARGET_SHARES.items():
-        flt, share = min(measured, key=lambda fs: abs(np.log(fs[1] / target)))
-        out[label] = {"filter": flt, "share": share, "items": n}
-        log.info("filter keeping ~%s: %s keeps %.2f%% of %d items", label, json.dumps(flt), share * 100, n)
-    return out
-
-
-# --- the step ------------------------------------------------------------------------------------
 
 
 def measure(ctx: Context) -> None:
@@ -134,7 +69,7 @@ def measure(ctx: Context) -> None:
         # the ~50% filter, made different on each request by an upper bound no item reaches: what a
         # filter costs the first time a build sees it (each build caches the rows of recent ones)
         "filter 50%, new each request": [
-            {"user_id": u, "k": K, "filter": _distinct(filters["50%"]["filter"], j)}
+            {"user_id": u, "k": K, "filter": distinct(filters["50%"]["filter"], j)}
             for j, u in enumerate(users)
         ],
         "/similar": [{"item_id": i, "k": K} for i in ids],
@@ -152,17 +87,6 @@ def measure(ctx: Context) -> None:
         for p in (log_path, log_path.with_name(log_path.name + ".lock")):
             p.unlink(missing_ok=True)  # later steps rebuild from the catalog as generated
     ctx.results["retrieval"] = out
-
-
-def _distinct(flt: dict[str, Any], j: int) -> dict[str, Any]:
-    """`flt` with a bound on release_year that no item fails: the same rows, a filter the build has
-    not seen."""
-    year = dict(flt.get("release_year", {}))
-    if "gt" not in year:
-        year["gt"] = -10_000 - j
-    else:
-        year["lte"] = 10_000 + j
-    return {**flt, "release_year": year}
 
 
 def _user_ids(ctx: Context, n: int) -> list[str]:
@@ -233,238 +157,3 @@ def side_by_side(
             row["failed"],
         )
     return out
-
-
-def upsert_stream(
-    ctx: Context, a: ServiceProcess, b: ServiceProcess, manifest: Any, users: Sequence[str], rate: float
-) -> dict[str, Any]:
-    """Open-loop /recall on A alone, then with 100 upserted items/s to A probed on B."""
-    plan = ctx.plan
-    window_s = 10.0 if plan.name == "full" else 5.0
-    bodies = write_bodies(ctx.tmp / "retrieval-load.jsonl", [{"user_id": u, "k": K} for u in users])
-    id_field = manifest.features.item.id_field
-    n_items = int(UPSERT_RATE * window_s)
-    rows = []
-    for i, row in enumerate(synthetic_items(manifest, n_items, seed=7, prefix="fresh-")):
-        feats = {k: v for k, v in row.items() if k != id_field}
-        rows.append({"item_id": f"fresh-{i}", "features": {**feats, "release_year": FRESH_YEAR + i}})
-    phases = {}
-    for phase in ("steady", "upserts"):
-        spec = LoadSpec(a.port, "/recall", str(bodies), 64, window_s, rate=rate, warmup_s=1.0)
-        load = LoadProcess(spec, ctx.tmp)
-        sent: dict[int, float] = {}
-        seen: dict[int, float] = {}
-        errors: list[str] = []
-        stop = threading.Event()
-        # The probe runs in both phases (it finds nothing in the first), so both carry its load.
-        probe = threading.Thread(target=_probe, args=(b, users[0], sent, seen, stop, errors))
-        probe.start()
-        cpu0 = a.cpu_s(), b.cpu_s()
-        time.sleep(1.0)  # the load's warm-up
-        if phase == "upserts":
-            _upsert(a, rows, sent, errors)
-            deadline = time.monotonic() + 10
-            while len(seen) < len(sent) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        res = load.wait()
-        stop.set()
-        probe.join(timeout=30)
-        cpu = a.cpu_s() - cpu0[0], b.cpu_s() - cpu0[1]
-        s = summarize(res)
-        phases[phase] = {k: s[k] for k in ("rps", "p50_ms", "p99_ms", "failed", "requests")}
-        phases[phase].update(a_cpu_s=cpu[0], b_cpu_s=cpu[1], probe_errors=len(errors))
-        if phase == "upserts":
-            lags = [seen[i] - sent[i] for i in sent if i in seen]
-            phases[phase].update(
-                items=len(sent),
-                recallable=len(lags),
-                lag_p50_s=percentile(lags, 50),
-                lag_p99_s=percentile(lags, 99),
-                lag_max_s=max(lags, default=float("nan")),
-                errors=errors[:5],
-                error_count=len(errors),
-            )
-            log.info(
-                "upserts: %d items at %d/s, %d recallable on the other replica, p50 %.2f s p99 %.2f s",
-                len(sent),
-                UPSERT_RATE,
-                len(lags),
-                phases[phase]["lag_p50_s"],
-                phases[phase]["lag_p99_s"],
-            )
-        log.info(
-            "recall on A (%s) at %.0f req/s: p99 %.2f ms, %d failed", phase, rate, s["p99_ms"], s["failed"]
-        )
-    return {"rate": rate, "window_s": window_s, **phases}
-
-
-def _upsert(
-    svc: ServiceProcess, rows: list[dict[str, Any]], sent: dict[int, float], errors: list[str]
-) -> None:
-    """Batches of UPSERT_BATCH every UPSERT_BATCH / UPSERT_RATE seconds, on schedule."""
-    every = UPSERT_BATCH / UPSERT_RATE
-    start = time.monotonic()
-    with httpx.Client(timeout=10, headers={"authorization": f"Bearer {TOKEN}"}) as client:
-        for n, i in enumerate(range(0, len(rows), UPSERT_BATCH)):
-            wait = start + n * every - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            t = time.monotonic()
-            try:
-                r = client.put(f"{svc.url}/admin/items", json={"items": rows[i : i + UPSERT_BATCH]})
-                ok = r.status_code == 202
-            except httpx.HTTPError as exc:
-                ok, r = False, None
-                errors.append(repr(exc))
-            if ok:
-                for j in range(i, min(i + UPSERT_BATCH, len(rows))):
-                    sent[j] = t
-            elif r is not None:
-                errors.append(f"{r.status_code} {r.text[:200]}")
-
-
-def _probe(
-    svc: ServiceProcess,
-    user: str,
-    sent: dict[int, float],
-    seen: dict[int, float],
-    stop: threading.Event,
-    errors: list[str],
-) -> None:
-    """Until `stop`: B's /recall filtered on the fresh years of the items sent and not all seen yet
-    (a few dozen at most: the answer stays small, so the probe costs B little), every 20 ms."""
-    oldest = 0
-    with httpx.Client(timeout=10) as client:
-        while not stop.is_set():
-            newest = max(sent, default=-1)
-            body = {
-                "user_id": user,
-                "k": 1000,
-                "exclude_history": False,
-                "filter": {
-                    "release_year": {"gte": FRESH_YEAR + oldest, "lte": FRESH_YEAR + max(newest, oldest)}
-                },
-            }
-            r = client.post(f"{svc.url}/recall", json=body)
-            now = time.monotonic()
-            if r.status_code != 200:
-                errors.append(f"probe {r.status_code} {r.text[:200]}")
-            else:
-                for it in r.json()["items"]:
-                    i = int(it["item_id"].removeprefix("fresh-"))
-                    seen.setdefault(i, now)
-                while oldest in seen:
-                    oldest += 1
-            time.sleep(PROBE_EVERY_S)
-
-
-# --- report --------------------------------------------------------------------------------------
-
-
-def target_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """(target, goal, measured, met) rows for the Targets table."""
-    r = results.get("retrieval")
-    if not r:
-        return []
-    sbs = r["side_by_side"]
-    half = sbs.get("filter 50%")
-    rows = []
-    if half:
-        share = r["filters"]["50%"]["share"]
-        rows.append(
-            (
-                f"/recall with a filter keeping {share:.0%}: cost / unfiltered (server CPU per request)",
-                "<= 1.5x",
-                f"{half['cost_x']:.2f}x ({fmt(half['server_cpu_ms_per_req'], 3)} / "
-                f"{fmt(sbs['unfiltered']['server_cpu_ms_per_req'], 3)} ms); req/s {half['rps_x']:.2f}x",
-                half["cost_x"] <= 1.5,
-            )
-        )
-    fresh = sbs.get("filter 50%, new each request")
-    if fresh:
-        rows.append(
-            (
-                "/recall with that filter new on each request (its rows not cached): cost / unfiltered",
-                "<= 1.5x",
-                f"{fresh['cost_x']:.2f}x ({fmt(fresh['server_cpu_ms_per_req'], 3)} / "
-                f"{fmt(sbs['unfiltered']['server_cpu_ms_per_req'], 3)} ms); req/s {fresh['rps_x']:.2f}x",
-                fresh["cost_x"] <= 1.5,
-            )
-        )
-    up = r.get("upserts", {}).get("upserts")
-    if up:
-        rows.append(
-            (
-                f"upserted item recallable on another replica ({UPSERT_RATE} items/s), p99",
-                "< 2 s",
-                f"{up['lag_p99_s']:.2f} s ({up['recallable']} of {up['items']} items seen)",
-                up["lag_p99_s"] < 2 and up["recallable"] == up["items"],
-            )
-        )
-    failed = sum(row["failed"] for row in sbs.values())
-    failed += sum(r.get("upserts", {}).get(p, {}).get("failed", 0) for p in ("steady", "upserts"))
-    failed += (up or {}).get("error_count", 0)
-    rows.append(("filters, /similar, upserts: failed requests", "0", fmt(failed), failed == 0))
-    return rows
-
-
-def section(results: Mapping[str, Any]) -> str:
-    r = results.get("retrieval")
-    if not r:
-        return ""
-    sbs = r["side_by_side"]
-    filters = r["filters"]
-    shares = {"filter 50%": filters["50%"], "filter 1%": filters["1%"]}
-    rows = []
-    for label, row in sbs.items():
-        what = label
-        if label in shares:
-            what = f"/recall, {json.dumps(shares[label]['filter'])} (keeps {shares[label]['share']:.2%})"
-        elif label == "unfiltered":
-            what = "/recall, no filter"
-        elif label == "filter 50%, new each request":
-            what = "/recall, the ~50% filter made new on each request (a bound no item fails): not cached"
-        elif label == "/similar":
-            what = "/similar (stored item)"
-        rows.append(
-            [
-                what,
-                row["rps"],
-                row["p50_ms"],
-                row["p99_ms"],
-                row["server_cpu_ms_per_req"],
-                f"{row['cost_x']:.2f}x",
-                row["failed"],
-            ]
-        )
-    head = (
-        f"{r['kind']} build, k={K}, closed loop at {r['concurrency']} connections, medians of the "
-        "repeats, run round-robin:\n\n"
-        + table(
-            ["request", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", "cost vs no filter", "failed"], rows
-        )
-    )
-    up = r.get("upserts")
-    if not up:
-        return head
-    steady, during = up["steady"], up["upserts"]
-    rows2 = [
-        [label, ph["rps"], ph["p50_ms"], ph["p99_ms"], ph.get("a_cpu_s"), ph.get("b_cpu_s"), ph["failed"]]
-        for label, ph in (
-            ("/recall on A, no upserts", steady),
-            (f"/recall on A, {UPSERT_RATE} upserted items/s to A", during),
-        )
-    ]
-    lag = (
-        f"p50 {during['lag_p50_s']:.2f} s, p99 {during['lag_p99_s']:.2f} s, "
-        f"max {during['lag_max_s']:.2f} s ({during['recallable']} of {during['items']} seen; "
-        f"{during['error_count']} upsert or probe errors)"
-    )
-    tail = (
-        f"\n\nUpserts: {during['items']} items in batches of {UPSERT_BATCH} at {UPSERT_RATE} items/s "
-        f"to replica A while /recall runs open loop at {fmt(up['rate'])} req/s on A; time from PUT "
-        f"to recallable on replica B (a filtered /recall every {PROBE_EVERY_S * 1e3:.0f} ms): "
-        f"{lag}.\n\n"
-        + table(["phase", "req/s", "p50 ms", "p99 ms", "CPU s of A", "CPU s of B", "failed"], rows2)
-    )
-    return head + tail

@@ -15,6 +15,7 @@ from bench.results import (
     procs,
     swap_runs,
 )
+from bench.retrieval_report import target_rows as retrieval_target_rows
 
 
 def targets(results: Mapping[str, Any]) -> list[list[Any]]:
@@ -158,8 +159,6 @@ def targets(results: Mapping[str, Any]) -> list[list[Any]]:
                     f"{fmt(worst)} ms; build took {fmt(sw['reindex']['wall_s'])} s",
                     worst <= 50,
                 )
-    from bench import retrieval  # here: it imports this module's table helpers
-
-    for name, goal, measured, ok in retrieval.target_rows(results):
+    for name, goal, measured, ok in retrieval_target_rows(results):
         add(name, goal, measured, ok)
     return rows

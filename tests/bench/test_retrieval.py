@@ -1,5 +1,6 @@
-"""bench/retrieval.py: the synthetic catalog carries the demo's filterable fields, the filters the
-step picks keep close to 50% and 1% of it, and its report rows render from a results dict."""
+"""bench/retrieval.py, filter_picks.py and retrieval_report.py: the synthetic catalog carries the
+demo's filterable fields, the filters the step picks keep close to 50% and 1% of it, and its report
+rows render from a results dict."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report, retrieval
+from bench import filter_picks, report, targets
 from bench.catalog import synthetic_items
 from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, to_bytes
 from index_store.filters import filter_mask
@@ -25,12 +26,12 @@ def test_filters_near_50_and_1_percent(manifest: ModelManifest, tmp_path: Path) 
     (tmp_path / ATTRIBUTES_FILE).write_bytes(to_bytes(attributes))
     built = {"item_count": n, "attributes": attributes.describe()}
     (tmp_path / "manifest.json").write_text(json.dumps(built))
-    picked = retrieval.pick_filters(tmp_path, manifest)
+    picked = filter_picks.pick_filters(tmp_path, manifest)
     for label, lo, hi in (("50%", 0.45, 0.55), ("1%", 0.007, 0.013)):
         mask = filter_mask(picked[label]["filter"], item, attributes)
         assert mask is not None
         assert lo <= mask.mean() <= hi and mask.mean() == pytest.approx(picked[label]["share"])
-    fresh = retrieval._distinct(picked["50%"]["filter"], 7)  # new to the cache, the same rows
+    fresh = filter_picks.distinct(picked["50%"]["filter"], 7)  # new to the cache, the same rows
     assert json.dumps(fresh) != json.dumps(picked["50%"]["filter"])
     again = filter_mask(fresh, item, attributes)
     assert again is not None and (again == filter_mask(picked["50%"]["filter"], item, attributes)).all()
@@ -75,7 +76,7 @@ def test_report_rows() -> None:
             "upserts": {"rate": 50.0, "window_s": 10, "steady": phase, "upserts": {**up, "error_count": 0}},
         },
     }
-    rows = {r[0]: r for r in report.targets(results)}
+    rows = {r[0]: r for r in targets.targets(results)}
     verdicts = [r[3] for name, r in rows.items() if "filter" in name or "upsert" in name]
     assert verdicts == ["met", "**missed**", "met", "met"]
     md = report.render_markdown(results)

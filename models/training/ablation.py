@@ -28,14 +28,8 @@ from models.data import load_dataset
 from models.schema import load_schema
 from models.training.baselines import AlsParams, als_scores
 from models.training.evaluate import KS, eval_set, popularity_scores, rank_metrics
-from models.training.train import (
-    Prepared,
-    TrainConfig,
-    prepare,
-    run_eval,
-    train_model,
-    with_history_len,
-)
+from models.training.prepare import Prepared, prepare, with_history_len
+from models.training.train import TrainConfig, run_eval, train_model
 
 log = logging.getLogger(__name__)
 

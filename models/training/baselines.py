@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.training.evaluate import EvalSet
-from models.training.train import Prepared
+from models.training.prepare import Prepared
 
 
 @dataclass(frozen=True)

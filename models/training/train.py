@@ -2,8 +2,8 @@
 ablation (models/training/ablation.py, docs/MODEL.md "Ablation") measures: mixed negative sampling,
 hard negatives mined by the previous epoch's model (EBR), Dual Augmented Two-Tower, attention pooling.
 
-Speed: every input is encoded once (`prepare`) and kept as tensors; a batch is an `index_select`
-plus trimming all-padding columns, so no Python feature encoding runs per batch or per epoch."""
+The inputs are prepared once (models/training/prepare.py); the losses and negatives are in
+models/training/losses.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data import Dataset, load_dataset
-from models.errors import DataError, VersionExists
-from models.features import FeatureSchema, Side
+from models.data import load_dataset
+from models.errors import VersionExists
+from models.features import Side
 from models.manifest import check_tag, new_version_tag
-from models.schema import SchemaFile, load_schema
-from models.training.evaluate import EvalSet, Split, eval_set, evaluate, temporal_split
+from models.schema import load_schema
+from models.training.evaluate import EvalSet, evaluate
 from models.training.export import export_version
-from models.training.towers import TwoTower, to_tensors
-from models.transform import TowerEncoder
+from models.training.losses import (
+    category_alignment,
+    item_categories,
+    mine_hard,
+    softmax_logits,
+    uniform_negatives,
+)
+from models.training.prepare import (
+    Prepared,
+    encode_items,
+    encode_users,
+    history_len,
+    prepare,
+    take,
+    user_row,
+)
+from models.training.towers import TwoTower
 
 log = logging.getLogger(__name__)
 
@@ -76,128 +90,10 @@ class TrainConfig:
         return d
 
 
-@dataclass(frozen=True)
-class Prepared:
-    data: Dataset
-    split: Split
-    schema: FeatureSchema
-    item_ids: list[str]  # catalogue order of `item_arrays` rows
-    item_arrays: dict[str, np.ndarray]
-    user_arrays: dict[str, np.ndarray]  # one row per training example
-    target: np.ndarray  # catalogue row of each example's item
-    item_prob: np.ndarray  # training click frequency per catalogue item (the in-batch sampling q)
-    example_user: np.ndarray  # row in `train_users` of each example's user
-    train_users: list[str]
-    user_last: dict[str, np.ndarray]  # each train user with the full training history (mining)
-    user_items: list[np.ndarray]  # catalogue rows each train user interacted with in training
-    item_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    user_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    eval_inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # by stage
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def user_row(data: Dataset, user_id: str, history: list[str]) -> dict[str, Any]:
-    """A user's features with every `from_interactions` key holding `history` (oldest first)."""
-    row = dict(data.users.get(user_id, {data.layout.user_id: user_id}))
-    for key in data.layout.history:
-        row[key] = history
-    return row
-
-
-def history_len(schema: FeatureSchema) -> int:
-    """How much of a user's past the `from_interactions` fields can use (0: none of them)."""
-    return max((f.max_len for f in schema.user.fields if f.from_interactions), default=0)
-
-
-def with_history_len(schema_file: SchemaFile, n: int) -> SchemaFile:
-    """The schema with every `from_interactions` field keeping the user's last `n` items."""
-    fields = tuple(replace(f, max_len=n) if f.from_interactions else f for f in schema_file.user.fields)
-    return replace(schema_file, user=replace(schema_file.user, fields=fields))
-
-
-def prepare(data: Dataset, schema_file: SchemaFile) -> Prepared:
-    split = temporal_split(data)
-    # vocabularies and statistics come from the whole tables; a history field's values are the
-    # user's items, so users are offered with their full sequences
-    schema = schema_file.learn(
-        (user_row(data, u, split.sequences.get(u, [])) for u in data.users), data.items.values()
-    )
-    item_ids = sorted(data.items)
-    row_of = {i: j for j, i in enumerate(item_ids)}
-    item_arrays = TowerEncoder(schema, "item").encode([data.items[i] for i in item_ids])
-    rows: list[dict[str, Any]] = []
-    target: list[int] = []
-    example_user: list[int] = []
-    L = history_len(schema)
-    train_users = list(split.train)
-    for k, (u, seq) in enumerate(split.train.items()):
-        for j, item in enumerate(seq):
-            # the history a training example sees is strictly before its item, as at serving time
-            rows.append(user_row(data, u, seq[max(0, j - L) : j]))
-            target.append(row_of[item])
-            example_user.append(k)
-    if not rows:
-        raise DataError("no training interactions after the temporal split")
-    encoder = TowerEncoder(schema, "user")
-    user_arrays = encoder.encode(rows)
-    user_last = encoder.encode([user_row(data, u, seq[-L:] if L else []) for u, seq in split.train.items()])
-    counts = np.bincount(np.asarray(target), minlength=len(item_ids)).astype(np.float64)
-    prob = counts / counts.sum()
-    eval_inputs = {}
-    for stage in ("valid", "test"):
-        es = eval_set(split, stage)
-        hist = [h[-L:] if L else [] for h in es.history]
-        eval_inputs[stage] = to_tensors(
-            encoder.encode([user_row(data, u, h) for u, h in zip(es.users, hist, strict=True)])
-        )
-    return Prepared(
-        data=data,
-        split=split,
-        schema=schema,
-        item_ids=item_ids,
-        item_arrays=item_arrays,
-        user_arrays=user_arrays,
-        target=np.asarray(target, dtype=np.int64),
-        item_prob=prob,
-        example_user=np.asarray(example_user, dtype=np.int64),
-        train_users=train_users,
-        user_last=user_last,
-        user_items=[np.unique([row_of[i] for i in seq]) for seq in split.train.values()],
-        item_tensors=to_tensors(item_arrays),
-        user_tensors=to_tensors(user_arrays),
-        eval_inputs=eval_inputs,
-    )
-
-
-def _take(arrays: Mapping[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in arrays.items():
-        part = v.index_select(0, idx)
-        if part.ndim == 2 and part.dtype == torch.int64 and part.shape[1] > 1:
-            # drop all-padding columns (lists are right-padded) so short-history batches cost less
-            used = (part != 0).any(dim=0).nonzero()
-            part = part[:, : int(used.max()) + 1 if len(used) else 1]
-        out[k] = part
-    return out
-
-
-def encode_items(model: TwoTower, prep: Prepared) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        vecs: np.ndarray = model.item(**prep.item_tensors).numpy()
-        return vecs
-
-
-def encode_users(model: TwoTower, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        vecs: np.ndarray = model.user(**inputs).numpy()
-        return vecs
 
 
 def run_eval(model: TwoTower, prep: Prepared, stage: str, baseline: bool) -> dict[str, dict[str, float]]:
@@ -208,106 +104,6 @@ def run_eval(model: TwoTower, prep: Prepared, stage: str, baseline: bool) -> dic
         return users
 
     return evaluate(prep.split, stage, prep.item_ids, items, user_vectors, baseline=baseline)
-
-
-def item_categories(prep: Prepared, name: str | None) -> torch.Tensor:
-    """Each catalogue item's category for the DAT alignment loss: the first active column of a
-    multi_hot field (in vocabulary order) or a categorical field's index."""
-    fields = prep.schema.item.fields
-    spec = next((f for f in fields if f.name == name), None) if name else None
-    if spec is None:
-        spec = next((f for f in fields if f.kind == "multi_hot"), None)
-    if spec is None or spec.kind not in ("multi_hot", "categorical"):
-        raise DataError(
-            f"dat_category: {name or 'no multi_hot item field'}: needs an item multi_hot or categorical field"
-        )
-    arr = prep.item_arrays[spec.name]
-    if spec.kind == "multi_hot":
-        arr = np.where(arr.any(axis=1), arr.argmax(axis=1) + 1, 0)
-    return torch.from_numpy(np.asarray(arr, dtype=np.int64))
-
-
-def category_alignment(v: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-    """DAT's category alignment loss: the covariance of the batch's item vectors in each category is
-    pulled towards the covariance of the largest category (Frobenius), so sparse categories are
-    spread like the dense one."""
-    cats, counts = torch.unique(cat, return_counts=True)
-    keep = cats[counts >= 2]
-    if len(keep) < 2:
-        return v.new_zeros(())
-
-    def cov(x: torch.Tensor) -> torch.Tensor:
-        x = x - x.mean(dim=0)
-        return x.T @ x / (len(x) - 1)
-
-    major = cats[counts.argmax()]
-    ref = cov(v[cat == major])
-    terms = [((ref - cov(v[cat == c])) ** 2).sum() for c in keep if c != major]
-    return torch.stack(terms).mean()
-
-
-def uniform_negatives(
-    model: TwoTower, prep: Prepared, k: int, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNS's uniform part: `k` catalogue rows drawn uniformly (with replacement) and their vectors,
-    fresh from the item tower and with gradient. A cache of detached vectors (the first
-    implementation) let only the user tower learn from them, and training collapsed."""
-    idx = torch.from_numpy(rng.integers(0, len(prep.item_ids), size=k))
-    return model.item(**_take(prep.item_tensors, idx)), idx
-
-
-def softmax_logits(
-    u: torch.Tensor,
-    v: torch.Tensor,
-    tgt: torch.Tensor,
-    temperature: float,
-    item_prob: torch.Tensor | None,
-    neg_vec: torch.Tensor | None = None,
-    neg_idx: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """[B, B + C] logits of the sampled softmax: the batch's positives (row r's positive in column
-    r), then C uniformly sampled negatives (`neg_vec`, catalogue rows `neg_idx`), if any.
-
-    With `item_prob` (the click frequency q the batch's positives are drawn by) every column gets
-    the logQ correction (Yi et al., 2019: without it popular items are over-penalised): minus the
-    log of the item's expected count among the candidates. In-batch
-    items are drawn by q, B per batch; uniform negatives C out of N. Under MNS the candidate set
-    is one sample from the mixture, so an item's expected count is B*q(i) + C/N wherever it sits
-    (Yang et al., 2020: the correction uses the mixed distribution); the first implementation
-    used B*q(i) for in-batch columns and C/N for uniform ones. An item equal to a row's positive is
-    masked out of that row's negatives."""
-    B = len(tgt)
-    n_items = 0 if item_prob is None else len(item_prob)
-    logits = u @ v.T / temperature
-    dup = (tgt[:, None] == tgt[None, :]) & ~torch.eye(B, dtype=torch.bool)
-    extra = None
-    if neg_vec is not None and neg_idx is not None and len(neg_idx):
-        extra = u @ neg_vec.T / temperature
-    if item_prob is not None:
-        uniform = len(neg_idx) / n_items if extra is not None and neg_idx is not None else 0.0
-        in_batch = B * item_prob.clamp(min=1e-12)
-        logits = logits - torch.log(in_batch[tgt] + uniform)[None, :]
-        if extra is not None and neg_idx is not None:
-            extra = extra - torch.log(in_batch[neg_idx] + uniform)[None, :]
-    logits = logits.masked_fill(dup, -1e9)
-    if extra is None or neg_idx is None:
-        return logits
-    return torch.cat([logits, extra.masked_fill(tgt[:, None] == neg_idx[None, :], -1e9)], dim=1)
-
-
-def mine_hard(model: TwoTower, prep: Prepared, lo: int, hi: int) -> np.ndarray:
-    """[train users, hi - lo]: the catalogue rows ranked lo..hi-1 for each user by the current
-    model, among the items the user did not interact with in training."""
-    items = encode_items(model, prep)
-    users = encode_users(model, to_tensors(prep.user_last))
-    scores = users @ items.T
-    for k, seen in enumerate(prep.user_items):
-        scores[k, seen] = -np.inf
-    hi = min(hi, len(prep.item_ids) - max(len(s) for s in prep.user_items))
-    lo = min(lo, max(0, hi - 1))
-    top = np.argpartition(-scores, hi - 1, axis=1)[:, :hi]
-    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(top, order, axis=1)[:, lo:hi]
 
 
 def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str, Any]]:
@@ -358,8 +154,8 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             if len(idx) < 2:
                 continue
             tgt = target.index_select(0, idx)
-            u, u_aug = model.user.encode(_take(prep.user_tensors, idx))
-            v, v_aug = model.item.encode(_take(prep.item_tensors, tgt))
+            u, u_aug = model.user.encode(take(prep.user_tensors, idx))
+            v, v_aug = model.item.encode(take(prep.item_tensors, tgt))
             neg_vec, neg_idx = (
                 uniform_negatives(model, prep, config.mns_uniform, rng) if config.mns else (None, None)
             )
@@ -368,7 +164,7 @@ def train_model(prep: Prepared, config: TrainConfig) -> tuple[TwoTower, dict[str
             if hard is not None:
                 users = prep.example_user[idx.numpy()]
                 pick = torch.from_numpy(hard[users, rng.integers(0, hard.shape[1], size=len(users))])
-                vh = model.item(**_take(prep.item_tensors, pick))
+                vh = model.item(**take(prep.item_tensors, pick))
                 extra = u @ vh.T / config.temperature
                 if config.logq:
                     extra = extra - (log_q_hard[pick] + math.log(len(idx)))[None, :]

@@ -18,7 +18,8 @@ from models.data import load_dataset  # noqa: E402
 from models.errors import ArtifactError, VersionExists  # noqa: E402
 from models.schema import load_schema  # noqa: E402
 from models.training import export as export_mod  # noqa: E402
-from models.training.train import TrainConfig, prepare, real_rows, train_and_export, train_model  # noqa: E402
+from models.training.prepare import prepare  # noqa: E402
+from models.training.train import TrainConfig, real_rows, train_and_export, train_model  # noqa: E402
 from tests.models.conftest import MOVIELENS  # noqa: E402
 
 TINY = TrainConfig(epochs=1, batch_size=64, dim=16, field_dim=8, hidden=(32,))

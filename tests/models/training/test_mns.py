@@ -15,8 +15,9 @@ torch = pytest.importorskip("torch")
 
 from models.data import load_dataset  # noqa: E402
 from models.schema import load_schema  # noqa: E402
+from models.training.losses import softmax_logits, uniform_negatives  # noqa: E402
+from models.training.prepare import prepare, take  # noqa: E402
 from models.training.towers import TwoTower  # noqa: E402
-from models.training.train import _take, prepare, softmax_logits, uniform_negatives  # noqa: E402
 from tests.models.conftest import MOVIELENS  # noqa: E402
 
 SCHEMA = load_schema(MOVIELENS)
@@ -69,8 +70,8 @@ def test_uniform_negatives_train_the_item_tower(tiny_data: Path) -> None:
     prep = prepare(load_dataset(tiny_data, SCHEMA), SCHEMA)
     model = TwoTower(prep.schema, dim=8, field_dim=4, hidden=(8,))
     tgt = torch.from_numpy(prep.target[:16])
-    u = model.user(**_take(prep.user_tensors, torch.arange(16)))
-    v = model.item(**_take(prep.item_tensors, tgt))
+    u = model.user(**take(prep.user_tensors, torch.arange(16)))
+    v = model.item(**take(prep.item_tensors, tgt))
     neg_vec, neg_idx = uniform_negatives(model, prep, 32, np.random.default_rng(0))
     prob = torch.from_numpy(prep.item_prob).float()
     logits = softmax_logits(u, v, tgt, 0.1, prob, neg_vec, neg_idx)

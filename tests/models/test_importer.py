@@ -18,9 +18,10 @@ import pytest
 from app.cli import main
 from models.errors import ManifestError, SchemaError, TowerRefused, VersionExists
 from models.features import FeatureSchema
-from models.importer import TowerFile, check_towers, import_version, load_import_schema
+from models.importer import import_version, load_import_schema
 from models.manifest import list_versions, load_version, sha256_file
 from models.samples import UNKNOWN, read_sample_rows, sample_rows
+from models.tower_checks import TowerFile, check_towers
 from models.transform import TowerEncoder
 
 onnx = pytest.importorskip("onnx")

@@ -33,12 +33,13 @@ def section_http(results: Mapping[str, Any]) -> str:
                 server_label(run),
                 run["kind"],
                 in_thread_label(run),
-                f"open, {fmt(h['rate'])} req/s",
+                f"open, {fmt(h['rate'])} req/s"
+                + (f" ({h['server_cores']:.2f} cores busy)" if "server_cores" in h else ""),
                 h["p50_ms"],
                 h["p95_ms"],
                 h["p99_ms"],
                 round(h["rps"]),
-                None,
+                h.get("server_cpu_ms_per_req"),  # runs before it was measured: none
                 h["failed"],
             ]
         )

@@ -10,12 +10,12 @@ time no other task wants, and a request's thread that wakes up preempts it at on
 5.4 the scheduler also counts a CPU that runs only SCHED_IDLE tasks as idle when it places a waking
 task: LWN, "Fixing SCHED_IDLE"). Niceness is only a weight: a nice-19 build keeps the core until
 the scheduler's next decision, so a request arriving on that core waits behind it (measured in the
-swap step of bench/README.md). Neither
-starves the build while the servers leave a core idle; under saturation both nearly do (by
-weight, SCHED_IDLE gets 0.3% of a core beside one busy thread, nice 19 1.4%), and the last good
-build keeps serving. Saturation that lasts would hold a SCHED_IDLE build back for good, so the
-worker watches it (`StarvationGuard`, `build_min_share`): a child that wanted a CPU for most of a
-window yet ran under its minimum share is moved to the normal class at `build_nice`.
+swap step of bench/README.md). Neither starves the build while the servers leave a core idle;
+under saturation both nearly do (by weight, SCHED_IDLE gets 0.3% of a core beside one busy thread,
+nice 19 1.4%), and the last good build keeps serving. Saturation that lasts would hold a
+SCHED_IDLE build back for good, so the worker watches it (`StarvationGuard`, `build_min_share`): a
+child that wanted a CPU for most of a window yet ran under its minimum share is moved to the normal
+class at `build_nice`.
 Nice 0 lets it take a whole core (with 2 threads, both: /recall p99 162x steady); one thread caps
 it at one core, and the duty cycle caps it below one core whatever the load. A stopped child holds
 no lock the worker cannot renew: the lock is the worker's, renewed by its own heartbeat.
@@ -89,16 +89,21 @@ def cap(pid: int, share: float) -> DutyCycle | None:
     return cycle
 
 
+def _threads(pid: int) -> list[int]:
+    """Thread ids of process `pid`; ProcessLookupError once it is gone (the guard's one signal that
+    the child exited, whichever of its steps notices first)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError as exc:
+        raise ProcessLookupError(pid) from exc
+
+
 def _schedstat(pid: int) -> tuple[float, float]:
     """Seconds process `pid` ran on a CPU and waited on a run queue, summed over its threads (the
     scheduler's own nanoseconds, /proc/<pid>/task/<tid>/schedstat). Raises ProcessLookupError once
     the process is gone."""
     ran = waited = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError as exc:
-        raise ProcessLookupError(pid) from exc
-    for tid in tids:
+    for tid in _threads(pid):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 fields = f.read().split()
@@ -113,7 +118,7 @@ def promote(pid: int, nice: int) -> None:
     and raising it always is. Twice over the threads: one started meanwhile by a thread not yet
     moved inherits SCHED_IDLE."""
     for _ in range(2):
-        for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        for tid in _threads(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
                 if os.sched_getscheduler(tid) == os.SCHED_IDLE:

@@ -15,6 +15,11 @@ from app.reindex.cpu import DutyCycle, StarvationGuard, cap, guard
 BUSY = "while True: pass"
 
 
+# A suite started under `nice` leaves these tests less room: niceness stops at 19, and a SCHED_IDLE
+# loop beside a nice-15 busy loop gets ~8% of the core (weights 3 against 36), not a starved share.
+NICE = os.nice(0)
+
+
 def cpu_share(p: psutil.Process, seconds: float) -> float:
     before, t0 = sum(p.cpu_times()[:2]), time.monotonic()
     time.sleep(seconds)
@@ -71,6 +76,8 @@ print(os.sched_getscheduler(0), seen[0], os.nice(0))
 
 @pytest.mark.parametrize(("sched", "nice"), [("idle", 19), ("normal", 7), ("normal", 0)])
 def test_lower_priority_sets_the_class_for_the_child_and_the_threads_it_starts(sched: str, nice: int) -> None:
+    if sched == "normal" and NICE + nice > 19:
+        pytest.skip(f"the suite runs at nice {NICE}: no room to lower a child by {nice}")
     out = subprocess.run(
         [sys.executable, "-c", PRIORITY, sched, str(nice)], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -78,7 +85,7 @@ def test_lower_priority_sets_the_class_for_the_child_and_the_threads_it_starts(s
     want = os.SCHED_IDLE if sched == "idle" else os.SCHED_OTHER
     assert policy == thread_policy == want
     if sched == "normal":
-        assert niceness == os.nice(0) + nice
+        assert niceness == NICE + nice
 
 
 def wait_for_class(pid: int, policy: int) -> None:
@@ -129,6 +136,8 @@ def test_an_idle_class_build_yields_its_core_to_a_busy_normal_process() -> None:
 def test_a_starved_idle_build_is_moved_to_the_normal_class() -> None:
     """A SCHED_IDLE loop pinned beside a busy normal loop on one CPU queues and barely runs: the
     guard moves it to the normal class at its niceness."""
+    if NICE > 10:
+        pytest.skip(f"the suite runs at nice {NICE}: its busy loop does not starve a SCHED_IDLE one")
     cpu = min(os.sched_getaffinity(0))
 
     def loop(sched: str, code: str) -> subprocess.Popen[bytes]:

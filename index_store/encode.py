@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from index_store.attributes import AttributeCollector, Attributes
-from models.data import CatalogBatch, CatalogFile
+from models.catalog_batches import CatalogBatch, CatalogFile
 from models.errors import DataError
 from models.runtime import TowerRunner
 
@@ -48,7 +48,7 @@ def encode_catalog(
 
     Returns the item ids in catalog order and their vectors (float32 [N, dim]). `progress` is
     called with the running item count after every batch; `collector` gets every batch's columns.
-    A catalog file (`models.data.CatalogFile`) is read as columns, without a dict per row.
+    A catalog file (`models.catalog_batches.CatalogFile`) is read as columns, without a dict per row.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -6,7 +6,7 @@
     -> shards of (ids, vectors, filterable values, node) streamed back to the build, in catalog order
 
 The actors (index_store.ray_actor) convert each Parquet batch a column at a time exactly as the
-local reader converts its rows (models.data.arrow_catalog_batch) and run the local engine's
+local reader converts its rows (models.catalog_batches.arrow_catalog_batch) and run the local engine's
 per-batch transform and the same item tower on it; rows the driver streams were read by the local
 engine's own reader and go through the tower as they are. So both engines give the same vectors
 (the ONNX graph is the same per row; tests check them within 1e-6) and the same ids in the same
@@ -41,9 +41,10 @@ import numpy as np
 from index_store.attributes import AttributeCollector
 from index_store.encode import EncodedCatalog
 from index_store.ray_actor import ATTR, ItemTowerActor, row_blocks
-from models.data import check_catalog_columns, columns_of
+from models.data import check_catalog_columns
 from models.errors import BuildRefused, DataError, TwoTowerError
 from models.manifest import ITEM_TOWER
+from models.readers import columns_of
 from models.runtime import TowerRunner
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The Ray engine's actor: one ONNX Runtime session of the item tower, fed pyarrow batches of the
 catalog, either Parquet columns (converted here as the local reader converts them, a column at a
-time: `models.data.arrow_catalog_batch`) or rows the build process read itself and sent in blocks
+time: `models.catalog_batches.arrow_catalog_batch`) or rows the build process read itself and sent in blocks
 of pickled rows (`row_blocks`).
 
 A batch goes through the local engine's own per-batch transform (`TowerEncoder.encode_columns`)
@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from models.data import Column, arrow_catalog_batch, columns_of
+from models.catalog_batches import arrow_catalog_batch
 from models.errors import DataError
 from models.manifest import ITEM_TOWER, ModelManifest
+from models.readers import Column, columns_of
 from models.runtime import TowerRunner
 
 ROW = "row"  # the column of a streamed block: one pickled catalog row per cell

@@ -2,16 +2,13 @@
 
 Row i of every index is position i in the build's id list: plain indexes, no IDMap.
 
-Maximum inner product over vectors of different norms (a `dot` model) is not what IVF's k-means or
-HNSW's graph are good at: measured on 20k clustered 32-d vectors with log-normal norms, HNSW32
-stayed at recall@100 0.89 with efSearch 4096, and IVF needed nprobe 24 where unit vectors need 3.
-The usual remedy appends one coordinate, sqrt(M^2 - |x|^2) (M the largest norm), and searches with
-that coordinate 0 (Bachrach et al., 2014): every indexed vector has norm M and inner products are
-unchanged. It is no cure-all: on the same vectors without clusters HNSW32 reached the floor at
-efSearch 100 raw and not at all augmented, while with clusters it was the other way round (raw
-failed, augmented 473-1458). So for vectors of different norms an ANN build makes both variants and
-keeps the cheaper one at the recall floor, measured against exact maximum inner product; the exact
-kind needs no transform. Scores are the raw inner products either way.
+For vectors of different norms (a `dot` model) an ANN build makes the raw and the MIPS-augmented
+variant and keeps the cheaper one at the recall floor (index_store.mips says why); the exact kind
+needs no transform. Recall is measured as index_store.recall_measure says. Scores are the raw
+inner products either way.
+
+The MIPS transform and the recall measure lived here; their names are still importable from this
+module, so callers need not change.
 """
 
 from __future__ import annotations
@@ -27,8 +24,44 @@ from typing import Any, cast
 import faiss
 import numpy as np
 
+from index_store.mips import mips_augment, mips_max_norm, pad_queries
+from index_store.recall_measure import (
+    exact_topk,
+    recall_at_k,
+    recall_per_query,
+    recall_queries,
+    sample_queries,
+    tie_tolerance,
+)
 from index_store.threads import using_faiss_threads
 from models.errors import BuildRefused
+
+__all__ = [
+    "EXACT",
+    "HNSW",
+    "IVF",
+    "KINDS",
+    "LOSSY_FETCH",
+    "BuiltIndex",
+    "IndexConfig",
+    "build_index",
+    "check_vectors",
+    "exact_topk",
+    "is_lossy",
+    "kind_of",
+    "mips_augment",
+    "mips_max_norm",
+    "pad_queries",
+    "recall_at_k",
+    "recall_per_query",
+    "recall_queries",
+    "rescore",
+    "sample_queries",
+    "search_parameters",
+    "served_search",
+    "tie_tolerance",
+    "tune",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +69,6 @@ EXACT = "exact"
 IVF = "ivf"
 HNSW = "hnsw"
 KINDS = (EXACT, IVF, HNSW)
-_TIE_EPS = 1e-5  # scores within this (times max(1, |score|)) of the k-th exact score count as hits
-_NORM_RTOL = 1e-4  # norms closer than this (relative) count as equal: no MIPS transform needed
-_NORM_BLOCK = 1 << 14  # rows per block when norms are only reduced (16k x 64 floats: 4 MB)
 # Compressed codes (SQ8) mis-rank near the k-th item: the service fetches this many times k from a
 # lossy index, rescores them exactly from the stored vectors and keeps the best k (served_search).
 # Measured at 10M items (IVF3162,SQ8, the build's 200 user queries, recall@100 tuned as served):
@@ -106,36 +136,6 @@ class BuiltIndex:
     search_params: Mapping[str, int]  # per-call search parameters ({"nprobe": 12} / {"efSearch": 96})
     recall: Mapping[str, Any] | None  # None for the exact kind
     timings: Mapping[str, float] = field(default_factory=dict)
-
-
-def mips_max_norm(vectors: np.ndarray) -> float | None:
-    """The largest norm when the norms differ (the MIPS transform is needed), else None."""
-    if vectors.shape[0] == 0:
-        return None
-    # A block of rows at a time: each row's norm is the same computation (so the same float), and
-    # no [N, dim] temporary is made. At 1M x 64 that temporary was 256 MB of fresh pages, ~0.5 s
-    # of page faults in a build process (measured), for two numbers.
-    top, low = -np.inf, np.inf
-    for start in range(0, vectors.shape[0], _NORM_BLOCK):
-        norms = np.linalg.norm(vectors[start : start + _NORM_BLOCK], axis=1)
-        top, low = max(top, float(norms.max())), min(low, float(norms.min()))
-    return top if top - low > _NORM_RTOL * max(top, 1e-12) else None
-
-
-def mips_augment(vectors: np.ndarray, max_norm: float) -> np.ndarray:
-    """[x, sqrt(M^2 - |x|^2)]: every row gets norm M, inner products with [q, 0] are unchanged."""
-    sq = np.einsum("nd,nd->n", vectors, vectors, dtype=np.float64)
-    extra = np.sqrt(np.maximum(max_norm * max_norm - sq, 0.0)).astype(np.float32)
-    return np.ascontiguousarray(np.hstack([vectors, extra[:, None]]), dtype=np.float32)
-
-
-def pad_queries(queries: np.ndarray, index_dim: int) -> np.ndarray:
-    """Queries with zeros appended up to the index's dim (the MIPS coordinate), else unchanged."""
-    extra = index_dim - queries.shape[1]
-    if extra <= 0:
-        return queries
-    pad = np.zeros((queries.shape[0], extra), dtype=np.float32)
-    return np.ascontiguousarray(np.hstack([queries, pad]), dtype=np.float32)
 
 
 def is_lossy(index: faiss.Index) -> bool:
@@ -328,85 +328,6 @@ def _build_variant(
     return BuiltIndex(index, kind, factory, params, {name: value}, recall, timings)
 
 
-def sample_queries(vectors: np.ndarray, count: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Queries near the catalog: sampled item vectors plus isotropic noise, unit-normalised.
-
-    The build has no user vectors; a noisy item vector is off the data points (so a query does not
-    sit on its own cell or graph node) yet in the region users' vectors point to.
-    """
-    n, dim = vectors.shape
-    rows = rng.choice(n, size=min(count, n), replace=False)
-    # Noise relative to each vector's norm: the same perturbation for unit (cosine) and raw (dot) vectors.
-    scale = np.linalg.norm(vectors[rows], axis=1, keepdims=True) * (noise / math.sqrt(dim))
-    q = vectors[rows] + rng.standard_normal((len(rows), dim)).astype(np.float32) * scale
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(q, dtype=np.float32)
-
-
-def recall_queries(vectors: np.ndarray, config: IndexConfig) -> np.ndarray:
-    """The queries a build measures recall with: reproducible from the vectors and the config's seed."""
-    return sample_queries(
-        vectors, config.sample_queries, config.query_noise, np.random.default_rng(config.seed + 1)
-    )
-
-
-def recall_at_k(vectors: np.ndarray, queries: np.ndarray, found: np.ndarray, kth_exact: np.ndarray) -> float:
-    """Mean fraction of the returned top-k whose true score reaches the k-th exact score.
-
-    Scores are recomputed from the stored vectors, so the measure holds for any index kind, and a
-    result that ties the exact k-th score counts (catalogs have duplicate vectors; id overlap would
-    punish an equally good answer).
-    """
-    return float(recall_per_query(vectors, queries, found, kth_exact).mean())
-
-
-def recall_per_query(
-    vectors: np.ndarray, queries: np.ndarray, found: np.ndarray, kth_exact: np.ndarray
-) -> np.ndarray:
-    """Each query's recall@k (see `recall_at_k`), float64 [Q]."""
-    k = found.shape[1]
-    valid = found >= 0
-    rows = np.where(valid, found, 0)
-    scores = np.einsum("qkd,qd->qk", vectors[rows], queries)
-    hits = valid & (scores >= kth_exact[:, None] - tie_tolerance(kth_exact)[:, None])
-    return np.asarray(hits.sum(axis=1) / k, dtype=np.float64)
-
-
-def tie_tolerance(scores: np.ndarray) -> np.ndarray:
-    """How far below a score still ties it: relative for raw inner products (float32 sums of
-    large terms differ by more than 1e-5 between BLAS and einsum), absolute for scores within 1."""
-    out: np.ndarray = np.float32(_TIE_EPS) * np.maximum(np.abs(scores), np.float32(1.0))
-    return out
-
-
-def exact_topk(
-    vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1 << 16
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top-k by inner product: (scores, rows), each [Q, k], score descending.
-
-    Chunked BLAS products with a running k-th-score threshold: measured ~5x faster here than
-    `IndexFlatIP.search` for a few hundred queries over 1M rows, whose cost is the heap updates.
-    """
-    nq, n = queries.shape[0], vectors.shape[0]
-    k = min(k, n)
-    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
-    floor = np.full(nq, -np.inf, dtype=np.float32)  # current k-th best score of each query
-    for start in range(0, n, chunk):
-        scores = queries @ vectors[start : start + chunk].T
-        # Row maxima first: after the first chunk few queries have a candidate, and a full-matrix
-        # np.nonzero was the main cost (measured).
-        for qi in np.flatnonzero(scores.max(axis=1) > floor):
-            c = np.flatnonzero(scores[qi] > floor[qi])
-            cand_s = np.concatenate([best_s[qi], scores[qi, c]])
-            cand_i = np.concatenate([best_i[qi], c + start])
-            keep = np.argpartition(-cand_s, k - 1)[:k] if cand_s.size > k else np.arange(cand_s.size)
-            best_s[qi], best_i[qi] = cand_s[keep], cand_i[keep]
-            floor[qi] = best_s[qi].min()
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
-
-
 def _predict_nprobe(
     index: faiss.Index,
     vectors: np.ndarray,
@@ -450,7 +371,7 @@ def tune(
     """The smallest nprobe / efSearch whose measured recall@k reaches the floor (or the best tried).
 
     Recall is measured against exact maximum inner product over the raw `vectors`; `max_norm` says
-    the index holds them MIPS-augmented (see the module docstring), so its queries get a 0 appended.
+    the index holds them MIPS-augmented (see index_store.mips), so its queries get a 0 appended.
     `truth` ({} to fill, or filled by an earlier call on the same vectors and queries) keeps the
     exact neighbours between calls: candidates of one build share them. Each search is the served
     one (`served_search`): a lossy index (IVF-SQ8) is measured with the service's over-fetch and

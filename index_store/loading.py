@@ -125,7 +125,7 @@ class BuildReader(StoreDirectory):
             raise ArtifactError(
                 f"{bdir / VECTORS_FILE}: expected float32 {(n, dim)}, got {vectors.dtype} {vectors.shape}"
             )
-        # A dot model's ANN index holds one extra (MIPS) coordinate per vector; see index_store.build.
+        # A dot model's ANN index holds one extra (MIPS) coordinate per vector; see index_store.mips.
         index_dim = dim + (1 if manifest["index"].get("params", {}).get("mips_max_norm") is not None else 0)
         if index.ntotal != n or index.d != index_dim:
             raise ArtifactError(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from index_store import filtered
 from index_store.attributes import ATTRIBUTES_FILE, AttributeCollector, from_bytes, to_bytes
 from index_store.build import IndexConfig, recall_queries
 from index_store.directory import MANIFEST
@@ -390,3 +391,41 @@ def test_arrow_columns_equal_python_columns() -> None:
         assert len(pa_[name]) == len(pb[name])
         for x, y in zip(pa_[name], pb[name], strict=True):
             assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+
+
+@pytest.mark.parametrize("factory", ["IVF{nlist},Flat", "IVF{nlist},SQ8"])
+def test_a_broad_filter_post_filtered_gives_the_selector_search_answer(factory: str) -> None:
+    """IVF, a filter keeping >= POST_FILTER_SHARE: the plain search's eligible rows are exactly what
+    the selector search returns at the same nprobe, or the plain path steps aside (None) and the
+    selector search answers: the same answer either way, lossy codes included."""
+    n = 8000
+    vectors = unit_vectors(n, 16, seed=7, clusters=8)
+    config = IndexConfig(exact_threshold=0, recall_floor=0.9, recall_k=10, ann_factory=factory)
+    snap = snapshot_of(vectors, config)
+    assert snap.kind == "ivf" and snap.lossy == ("SQ8" in factory)
+    rng = np.random.default_rng(11)
+    queries = recall_queries(vectors, dataclasses.replace(config, sample_queries=20, seed=5))
+    nearest = np.argmax(vectors @ queries.T, axis=0)
+    # a broad filter anywhere, and one keeping the rows far from each query: short -> None
+    masks = [rng.random(n) < share for share in (0.3, 0.5, 0.9)]
+    post, stepped_aside = 0, 0
+    for q, near in zip(queries, nearest, strict=True):
+        far = (vectors @ vectors[near]) < 0.0
+        for mask in [*masks, far]:
+            share = float(mask.mean())
+            if share < filtered.POST_FILTER_SHARE:
+                continue
+            bits = np.packbits(mask, bitorder="little")
+            for want in (1, 10, 100):
+                selected = filtered._selected(snap, q, bits, want, share)
+                plain = filtered._post_filtered(snap, q, mask, want, share)
+                if plain is None:
+                    stepped_aside += 1
+                else:
+                    post += 1
+                    assert [i for i, _ in plain] == [i for i, _ in selected]
+                    assert np.allclose([s for _, s in plain], [s for _, s in selected], atol=1e-6)
+                got = snap.search(q, want, allowed=mask)[0]  # through the service's entry point
+                if len(selected) == want:  # (a short selector search falls back to the exact scan)
+                    assert [i for i, _ in got] == [i for i, _ in selected]
+    assert post > 0 and stepped_aside > 0, (post, stepped_aside)

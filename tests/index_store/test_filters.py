@@ -407,7 +407,7 @@ def test_a_broad_filter_post_filtered_gives_the_selector_search_answer(factory: 
     queries = recall_queries(vectors, dataclasses.replace(config, sample_queries=20, seed=5))
     nearest = np.argmax(vectors @ queries.T, axis=0)
     # a broad filter anywhere, and one keeping the rows far from each query: short -> None
-    masks = [rng.random(n) < share for share in (0.3, 0.5, 0.9)]
+    masks = [rng.random(n) < share for share in (0.4, 0.6, 0.9)]
     post, stepped_aside = 0, 0
     for q, near in zip(queries, nearest, strict=True):
         far = (vectors @ vectors[near]) < 0.0

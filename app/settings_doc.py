@@ -70,7 +70,8 @@ DESCRIPTIONS = {
     "unset = inline except searches of a large exact index",
     "RUNTIME__THREAD_ABOVE_EXACT_ITEMS": "with the above unset: exact indexes over this size use a thread",
     "FILTERS__EXACT_BELOW": "a `filter` keeping at most this share of the catalog is answered by an exact "
-    "scan of its rows; broader ones search the index with a Faiss IDSelector",
+    "scan of its rows; broader ones search the index (with a Faiss IDSelector, or, on IVF from 35% kept, "
+    "unfiltered and kept afterwards: the same answer)",
     "FILTERS__EXACT_BELOW_HNSW": "the same share for an HNSW index",
     "FILTERS__MAX_VALUES": "most values in one `any` / `all` / `none` list of a `filter`",
 }

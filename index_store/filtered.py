@@ -167,10 +167,9 @@ def _post_filtered(
     would be among the over-fetch too), so the answer is the same. None when they hold fewer (a
     filter far from the query's neighbourhood): the caller runs the selector search then.
     """
-    nprobe = math.ceil(snap.search_params.get("nprobe", 1) * share**-WIDEN_EXP)  # Faiss caps it at nlist
-    take = min(snap.size, want * LOSSY_FETCH) if snap.lossy else want  # what the selector search takes
+    take = _fetch(snap, want)  # what the selector search takes
     fetch = min(snap.size, math.ceil(take / share))
-    params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
+    params = faiss.SearchParametersIVF(nprobe=_widened_nprobe(snap, share))  # type: ignore[call-arg]
     set_faiss_threads(snap.threads)
     iq = pad_queries(query.reshape(1, -1), snap.index.d)
     scores, rows = snap.index.search(iq, fetch, params=params)
@@ -188,25 +187,29 @@ def _selected(
     snap: Snapshot, query: np.ndarray, bits: np.ndarray, want: int, share: float
 ) -> list[tuple[str, float]]:
     """The ANN search with the eligible rows as a selector (`bits`, see `_ann`)."""
-    widen = share**-WIDEN_EXP
     selector = faiss.IDSelectorBitmap(snap.size, faiss.swig_ptr(bits))
     params: Any
     if snap.kind == IVF:
-        nprobe = math.ceil(snap.search_params.get("nprobe", 1) * widen)  # Faiss caps it at nlist
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # type: ignore[call-arg]
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=_widened_nprobe(snap, share))  # type: ignore[call-arg]
     elif snap.kind == HNSW:
         params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # missing from the stubs
             sel=selector, efSearch=math.ceil(snap.search_params.get("efSearch", 16) / share)
         )
     else:
         params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # stubs lack kwargs
-    set_faiss_threads(snap.threads)
-    iq = pad_queries(query.reshape(1, -1), snap.index.d)
-    # Compressed codes: fetch LOSSY_FETCH times as many and let the stored vectors pick the best `want`.
-    fetch = min(snap.size, want * LOSSY_FETCH) if snap.lossy else want
-    scores, rows = snap.index.search(iq, fetch, params=params)
-    scores, rows = snap.exact_scores(query.reshape(1, -1), scores, rows)
+    scores, rows = snap._candidates(query.reshape(1, -1), _fetch(snap, want), params)
     del bits  # the selector reads it during the search: keep it alive until here
     scores, rows = scores[:, :want], rows[:, :want]
     keep = rows[0] >= 0
     return list(zip(snap.ids[rows[0][keep]].tolist(), scores[0][keep].astype(float).tolist(), strict=True))
+
+
+def _widened_nprobe(snap: Snapshot, share: float) -> int:
+    """The build's nprobe widened for a filter keeping `share` (Faiss caps it at nlist)."""
+    return math.ceil(snap.search_params.get("nprobe", 1) * float(share**-WIDEN_EXP))
+
+
+def _fetch(snap: Snapshot, want: int) -> int:
+    """Rows a search takes for `want`: on compressed codes LOSSY_FETCH times as many, for the
+    stored vectors to pick the best `want` from."""
+    return min(snap.size, want * LOSSY_FETCH) if snap.lossy else want
